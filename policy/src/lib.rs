@@ -1,0 +1,15 @@
+//! Palisade's pure policy engine.
+//!
+//! ```text
+//!   index (pods, namespaces, nodes, policies) ──► evaluate with explanation
+//!                                              └─► compile per node ──► NodeRuleSet
+//! ```
+//!
+//! Plain data in, verdicts and compiled rules out: no I/O, no async, no Kubernetes
+//! client, no iptables. The operator, the enforcer and the CLI all build on it.
+
+pub mod compiled;
+pub mod error;
+pub mod model;
+
+pub use error::PolicyError;
