@@ -1,0 +1,1 @@
+//! Rust types for Palisade CRDs and upstream policy APIs (being written).

@@ -1,0 +1,1 @@
+//! Palisade enforcer (being written).
