@@ -11,5 +11,6 @@
 pub mod compiled;
 pub mod error;
 pub mod model;
+pub mod scenario;
 
 pub use error::PolicyError;

@@ -51,7 +51,9 @@ impl fmt::Display for Protocol {
 }
 
 /// An IP family.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum Family {
     #[default]
     IPv4,
@@ -362,14 +364,18 @@ pub const TIER_BASELINE: &str = "baseline";
 impl Tier {
     /// The tiers that always exist.
     pub fn builtin() -> Vec<Tier> {
-        [(TIER_ADMIN, 100), (TIER_NETWORKPOLICY, 1000), (TIER_BASELINE, 10000)]
-            .into_iter()
-            .map(|(name, priority)| Tier {
-                name: name.to_string(),
-                priority,
-                default_action: DefaultAction::Pass,
-            })
-            .collect()
+        [
+            (TIER_ADMIN, 100),
+            (TIER_NETWORKPOLICY, 1000),
+            (TIER_BASELINE, 10000),
+        ]
+        .into_iter()
+        .map(|(name, priority)| Tier {
+            name: name.to_string(),
+            priority,
+            default_action: DefaultAction::Pass,
+        })
+        .collect()
     }
 
     pub fn is_builtin_name(name: &str) -> bool {
