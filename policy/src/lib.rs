@@ -9,8 +9,10 @@
 //! client, no iptables. The operator, the enforcer and the CLI all build on it.
 
 pub mod compiled;
+pub mod engine;
 pub mod error;
 pub mod model;
+pub mod podset;
 pub mod scenario;
 
 pub use error::PolicyError;

@@ -254,7 +254,7 @@ pub enum Action {
 }
 
 /// Which namespaces a pod peer looks in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NamespaceMatch {
     /// One namespace by name (a NetworkPolicy peer with only `podSelector`).
     Named(String),

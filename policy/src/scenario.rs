@@ -12,7 +12,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{ContainerPort, Family, Labels, Namespace, Node, Pod, Protocol};
+use crate::engine;
+use crate::model::{
+    Cluster, ContainerPort, Family, Labels, Namespace, Node, Pod, Policy, Protocol, Tier,
+};
 
 /// A scenario that cannot be used: the file, where and why.
 #[derive(Debug, Error)]
@@ -224,6 +227,57 @@ impl Scenario {
             "{}->{}",
             self.endpoints[pair.src].name, self.endpoints[pair.dst].name
         )
+    }
+
+    /// The cluster this scenario describes, with its policies and tiers (converted
+    /// from [`Scenario::policies`] by the caller).
+    pub fn cluster(&self, policies: Vec<Policy>, tiers: Vec<Tier>) -> Cluster {
+        Cluster {
+            namespaces: self.namespaces.clone(),
+            nodes: self.nodes.clone(),
+            pods: self.pods.clone(),
+            policies,
+            tiers,
+        }
+    }
+
+    /// The engine's endpoint for a scenario endpoint, in a family.
+    pub fn engine_endpoint(&self, endpoint: usize, family: Family) -> Option<engine::Endpoint> {
+        let e = &self.endpoints[endpoint];
+        let ip = e.ip_of(family)?;
+        Some(match e.kind {
+            EndpointKind::Pod(p) => engine::Endpoint::Pod(p),
+            EndpointKind::Node(n) => engine::Endpoint::Node(n),
+            EndpointKind::External => engine::Endpoint::External(ip),
+        })
+    }
+
+    /// The connection a probe makes between a pair.
+    pub fn connection(&self, probe: &Probe, pair: Pair) -> Option<engine::Connection> {
+        Some(engine::Connection {
+            src: self.engine_endpoint(pair.src, probe.family)?,
+            dst: self.engine_endpoint(pair.dst, probe.family)?,
+            family: probe.family,
+            protocol: probe.protocol,
+            port: probe.port,
+        })
+    }
+
+    /// The denied pairs per probe, as the engine (built from [`Scenario::cluster`]) decides.
+    pub fn evaluate(&self, engine: &engine::Engine) -> Vec<BTreeSet<String>> {
+        self.probes
+            .iter()
+            .map(|probe| {
+                self.pairs(probe)
+                    .into_iter()
+                    .filter(|&pair| {
+                        self.connection(probe, pair)
+                            .is_some_and(|conn| !engine.allowed(&conn))
+                    })
+                    .map(|pair| self.pair_name(pair))
+                    .collect()
+            })
+            .collect()
     }
 
     /// Compares the observed denied pairs per probe with the expected ones.

@@ -1,0 +1,76 @@
+//! Sets of pod indices, sized to their content: a sorted list when sparse, a
+//! bitmap when dense. Peer selectors resolve to these once, so a verdict is a
+//! lookup rather than a label match.
+
+/// An immutable set of pod indices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodSet {
+    Sparse(Vec<u32>),
+    Dense(Vec<u64>),
+}
+
+impl PodSet {
+    /// Builds a set from indices in ascending order, out of `universe` pods.
+    pub fn from_sorted(indices: Vec<u32>, universe: usize) -> PodSet {
+        // A bitmap costs universe/8 bytes, a list 4 bytes an entry.
+        if indices.len() * 32 > universe {
+            let mut bits = vec![0u64; universe.div_ceil(64)];
+            for i in indices {
+                bits[i as usize / 64] |= 1 << (i % 64);
+            }
+            PodSet::Dense(bits)
+        } else {
+            PodSet::Sparse(indices)
+        }
+    }
+
+    pub fn contains(&self, index: usize) -> bool {
+        match self {
+            PodSet::Sparse(v) => u32::try_from(index).is_ok_and(|i| v.binary_search(&i).is_ok()),
+            PodSet::Dense(bits) => bits
+                .get(index / 64)
+                .is_some_and(|w| w & (1 << (index % 64)) != 0),
+        }
+    }
+
+    /// The members, in ascending order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = usize> + '_> {
+        match self {
+            PodSet::Sparse(v) => Box::new(v.iter().map(|&i| i as usize)),
+            PodSet::Dense(bits) => Box::new(bits.iter().enumerate().flat_map(|(w, &word)| {
+                (0..64)
+                    .filter(move |b| word & (1 << b) != 0)
+                    .map(move |b| w * 64 + b)
+            })),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            PodSet::Sparse(v) => v.is_empty(),
+            PodSet::Dense(bits) => bits.iter().all(|w| *w == 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_and_dense_agree() {
+        let members: Vec<u32> = vec![0, 3, 64, 65, 199];
+        let sparse = PodSet::from_sorted(members.clone(), 100_000);
+        let dense = PodSet::from_sorted(members.clone(), 200);
+        assert!(matches!(sparse, PodSet::Sparse(_)));
+        assert!(matches!(dense, PodSet::Dense(_)));
+        for i in 0..200 {
+            let expected = members.contains(&(i as u32));
+            assert_eq!(sparse.contains(i), expected, "sparse {i}");
+            assert_eq!(dense.contains(i), expected, "dense {i}");
+        }
+        let listed: Vec<usize> = dense.iter().collect();
+        assert_eq!(listed, vec![0, 3, 64, 65, 199]);
+        assert!(!dense.contains(10_000));
+    }
+}
