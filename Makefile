@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make lab    the local lab demo (as root): a two-node dataplane in network
+#               namespaces, the testweb/testcurl walkthrough on real packets
+#   make test   everything CI checks: format, lints, unit/property/netns tests,
+#               the scenario suite through the engine and on the real dataplane
+SHELL := /bin/bash
+CARGO ?= cargo
+APT_PACKAGES := iptables ipset conntrack iproute2 kmod
+
+.PHONY: deps test lab scenarios bench
+
+# Installs the system packages the enforcer and the lab need, if any is missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	$(CARGO) run -q -p palisade-cli --bin palisade -- test e2e/scenarios/
+
+scenarios:
+	$(CARGO) run -q -p palisade-cli --bin palisade -- test e2e/scenarios/
+
+lab: deps
+	$(CARGO) build -q -p palisade-cli -p palisade-enforcer -p e2e
+	$(CARGO) run -q -p e2e -- demo
+
+bench:
+	$(CARGO) bench -p palisade-policy --bench matrix
