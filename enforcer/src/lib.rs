@@ -1,1 +1,32 @@
-//! Palisade enforcer (being written).
+//! Palisade's node agent.
+//!
+//! ```text
+//!   enforcer:  stream client ──► render (pure)
+//!                                   │
+//!                                 apply: iptables-restore, ipset, conntrack (one module)
+//!                                   │
+//!                                 kernel
+//! ```
+//!
+//! [`render`] turns a node's compiled rule set ([`NodeRuleSet`]) into ipset and
+//! `iptables-restore --noflush` text for our own chains only; [`apply`] is the only
+//! module that runs iptables, ipset and conntrack, writing the difference from what
+//! it installed last; [`eval`] decides a connection exactly as the rendered rules
+//! do (used to revoke established connections a new state denies, and to cross-check
+//! the kernel in tests). The stream client and NFLOG reader come later; today the
+//! binary reads the rule set from a file.
+
+pub mod apply;
+mod check;
+pub mod error;
+pub mod eval;
+pub mod names;
+pub mod render;
+
+pub use apply::{
+    cleanup, detect_backend, ApplyOptions, ApplyReport, Backend, CleanupReport, Enforcer,
+};
+pub use error::{ApplyError, RenderError, RuleIssue};
+pub use eval::{eval, Decision, Evaluator, Flow, SideDecision, Verdict, L4};
+pub use palisade_policy::compiled::NodeRuleSet;
+pub use render::{parse_comment, render, CommentId, RenderOptions, Rendered, RuleRef};

@@ -1,0 +1,706 @@
+//! Apply: the only module that runs `iptables`, `ip6tables`, `ipset`, `conntrack`
+//! (and `ip`, to list local addresses). Everything runs in the network namespace of
+//! the calling thread.
+//!
+//! An [`Enforcer`] remembers what it installed, so each apply writes only the
+//! difference ([`crate::render::delta`]): changed set members as `ipset` add/del (or
+//! a build-and-swap), changed chains in one `iptables-restore --noflush` transaction
+//! per family. Its first apply reads what the kernel holds (chain names from
+//! `iptables-save`, set members from `ipset save`) and rewrites every chain of ours,
+//! so a restarted enforcer converges without ever flushing. Order of one apply:
+//!
+//! 1. `ipset restore -exist`: new sets created and filled, changed sets updated
+//!    (before any rule can reference them);
+//! 2. `iptables-restore --noflush -w` per family: changed chains replaced and stale
+//!    chains deleted, atomically;
+//! 3. hooks: `-C`, and `-I FORWARD 1` only when missing (first apply, and
+//!    [`Enforcer::ensure_hooks`]);
+//! 4. `ipset restore -exist`: stale sets destroyed (no rule references them any more);
+//! 5. revocation: conntrack entries of connections the new state denies and the
+//!    previous one allowed are deleted (see [`Enforcer::revoke`]).
+//!
+//! The backend (nft or legacy) is chosen as kube-proxy's iptables wrapper does: the
+//! one whose `*-save` shows more rules, nft on a tie.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use ipnet::IpNet;
+use palisade_policy::compiled::NodeRuleSet;
+use palisade_policy::model::Family;
+use serde::Serialize;
+
+use crate::error::{ApplyError, RuleIssue};
+use crate::eval::{Evaluator, Flow, Verdict, L4};
+use crate::names::{is_our_chain, is_our_set, CHAIN_FORWARD, HOOK_COMMENT, TEMP_SET_SUFFIX};
+use crate::render::{delta, render, Delta, Installed, Members, RenderOptions};
+
+/// Which iptables implementation to drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Backend {
+    Nft,
+    Legacy,
+}
+
+const FAMILIES: [Family; 2] = [Family::IPv4, Family::IPv6];
+
+impl Backend {
+    fn tool(self, family: Family, suffix: &str) -> String {
+        let base = match family {
+            Family::IPv4 => "iptables",
+            Family::IPv6 => "ip6tables",
+        };
+        let backend = match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        };
+        format!("{base}-{backend}{suffix}")
+    }
+
+    pub fn iptables(self, family: Family) -> String {
+        self.tool(family, "")
+    }
+
+    pub fn save(self, family: Family) -> String {
+        self.tool(family, "-save")
+    }
+
+    pub fn restore(self, family: Family) -> String {
+        self.tool(family, "-restore")
+    }
+}
+
+/// Options of apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Render denies as REJECT instead of DROP.
+    pub reject: bool,
+    /// Delete the conntrack entries of connections a new state denies.
+    pub revoke: bool,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            reject: false,
+            revoke: true,
+        }
+    }
+}
+
+/// What one apply did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub version: u64,
+    pub chains_written: usize,
+    pub chains_removed: usize,
+    pub sets_created: usize,
+    pub sets_updated: usize,
+    pub sets_removed: usize,
+    /// conntrack entries deleted.
+    pub revoked: usize,
+    /// Rules enforced fail-closed.
+    pub issues: Vec<RuleIssue>,
+    /// Non-fatal failures (revocation of single entries).
+    pub errors: Vec<String>,
+    pub elapsed_us: u128,
+}
+
+/// Programs one node (the current network namespace).
+#[derive(Debug)]
+pub struct Enforcer {
+    backend: Backend,
+    opts: ApplyOptions,
+    /// What we know is installed, per family; `None` until the first successful
+    /// apply and after a failed one (then the next apply re-reads the kernel).
+    installed: Option<[Installed; 2]>,
+    /// The previous state, to find connections that were allowed.
+    previous: Option<Evaluator>,
+}
+
+impl Enforcer {
+    /// An enforcer on the backend the host uses ([`detect_backend`]).
+    pub fn new(opts: ApplyOptions) -> Self {
+        Self::with_backend(detect_backend(), opts)
+    }
+
+    pub fn with_backend(backend: Backend, opts: ApplyOptions) -> Self {
+        Enforcer {
+            backend,
+            opts,
+            installed: None,
+            previous: None,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Makes the kernel enforce `rs`, changing only what differs from what this
+    /// enforcer installed last.
+    pub fn apply(&mut self, rs: &NodeRuleSet) -> Result<ApplyReport, ApplyError> {
+        let start = Instant::now();
+        let rendered = render(
+            rs,
+            &RenderOptions {
+                reject: self.opts.reject,
+            },
+        )?;
+        let evaluator = Evaluator::new(rs)?;
+        let first = self.installed.is_none();
+        let (installed, leftovers) = match self.installed.take() {
+            Some(i) => (i, Vec::new()),
+            None => self.read_installed()?,
+        };
+        let deltas = [
+            delta(&installed[0], &rendered.ipv4),
+            delta(&installed[1], &rendered.ipv6),
+        ];
+        // On failure `installed` stays None: the next apply re-reads the kernel.
+        self.execute(&leftovers, &deltas, first)?;
+        self.installed = Some([
+            Installed::from(&rendered.ipv4),
+            Installed::from(&rendered.ipv6),
+        ]);
+        let mut report = ApplyReport {
+            version: rs.version,
+            issues: rendered.issues.clone(),
+            ..ApplyReport::default()
+        };
+        for d in &deltas {
+            report.chains_written += d.chains_written;
+            report.chains_removed += d.chains_removed;
+            report.sets_created += d.sets_created;
+            report.sets_updated += d.sets_updated;
+            report.sets_removed += d.sets_removed;
+        }
+        let changed = deltas.iter().any(|d| !d.is_empty());
+        if self.opts.revoke && (changed || first) {
+            let (revoked, errors) = self.revoke(self.previous.as_ref(), &evaluator)?;
+            report.revoked = revoked;
+            report.errors = errors;
+        }
+        self.previous = Some(evaluator);
+        report.elapsed_us = start.elapsed().as_micros();
+        Ok(report)
+    }
+
+    fn execute(
+        &self,
+        leftovers: &[String],
+        deltas: &[Delta; 2],
+        first: bool,
+    ) -> Result<(), ApplyError> {
+        let before: Vec<&String> = leftovers
+            .iter()
+            .chain(deltas.iter().flat_map(|d| d.ipset_before.iter()))
+            .collect();
+        if !before.is_empty() {
+            ipset_restore(&before)?;
+        }
+        for (family, d) in FAMILIES.iter().zip(deltas) {
+            if let Some(text) = &d.iptables {
+                run_restore(&self.backend.restore(*family), text)?;
+            }
+        }
+        if first {
+            self.ensure_hooks()?;
+        }
+        let after: Vec<&String> = deltas.iter().flat_map(|d| d.ipset_after.iter()).collect();
+        if !after.is_empty() {
+            ipset_restore(&after)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure built-in FORWARD of both families jumps to `PALISADE-FORWARD`:
+    /// checks with `-C`, inserts at the top only when missing, never touches any
+    /// other rule. Needs our chains to exist (call after an apply).
+    pub fn ensure_hooks(&self) -> Result<(), ApplyError> {
+        for family in FAMILIES {
+            let tool = self.backend.iptables(family);
+            let spec = [
+                "FORWARD",
+                "-m",
+                "comment",
+                "--comment",
+                HOOK_COMMENT,
+                "-j",
+                CHAIN_FORWARD,
+            ];
+            let mut check = vec!["-w", "10", "-C"];
+            check.extend_from_slice(&spec);
+            if run(&tool, &check, None).is_ok() {
+                continue;
+            }
+            let mut insert = vec!["-w", "10", "-I", "FORWARD", "1"];
+            insert.extend_from_slice(&spec[1..]);
+            run(&tool, &insert, None)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the chains and sets of ours the kernel holds. Returns them per family,
+    /// and `destroy` lines for temporary sets a crashed apply left behind.
+    fn read_installed(&self) -> Result<([Installed; 2], Vec<String>), ApplyError> {
+        let mut out = [Installed::default(), Installed::default()];
+        for (i, family) in FAMILIES.iter().enumerate() {
+            let save = self.backend.save(*family);
+            let text = run(&save, &["-t", "filter"], None)?;
+            for chain in parse_save(&text).chains {
+                out[i].chains.insert(chain, None);
+            }
+        }
+        let text = run("ipset", &["save"], None)?;
+        let mut leftovers = Vec::new();
+        for (name, (family, members)) in parse_ipset_save(&text) {
+            if name.ends_with(TEMP_SET_SUFFIX) {
+                leftovers.push(format!("destroy {name}"));
+                continue;
+            }
+            let i = match family {
+                Family::IPv4 => 0,
+                Family::IPv6 => 1,
+            };
+            out[i].sets.insert(name, Some(members));
+        }
+        Ok((out, leftovers))
+    }
+
+    /// Deletes the conntrack entries of connections that `new` denies and `old`
+    /// accepted (every connection `new` denies when there is no `old`). Each entry
+    /// is judged as FORWARD saw its first packet: source = original source,
+    /// destination and port = the reply's source (after DNAT). Entries from or to
+    /// an address of this namespace never crossed FORWARD and are left alone.
+    /// Returns the number deleted and the deletions that failed.
+    pub fn revoke(
+        &self,
+        old: Option<&Evaluator>,
+        new: &Evaluator,
+    ) -> Result<(usize, Vec<String>), ApplyError> {
+        let entries = list_conntrack()?;
+        let mut doomed: BTreeSet<CtKey> = BTreeSet::new();
+        for e in entries {
+            let Some(flow) = e.key.forward_flow() else {
+                continue;
+            };
+            if new.eval(&flow).verdict == Verdict::Deny
+                && old.is_none_or(|o| o.eval(&flow).verdict == Verdict::Accept)
+            {
+                doomed.insert(e.key);
+            }
+        }
+        if doomed.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let local = local_addresses()?;
+        let mut deleted = 0;
+        let mut errors = Vec::new();
+        for key in doomed {
+            if local.contains(&key.orig_src) || local.contains(&key.reply_src) {
+                continue;
+            }
+            match delete_conntrack(&key) {
+                Ok(n) => deleted += n,
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Ok((deleted, errors))
+    }
+
+    /// Removes everything Palisade installed ([`cleanup`]) and forgets it.
+    pub fn cleanup(&mut self) -> Result<CleanupReport, ApplyError> {
+        self.installed = None;
+        self.previous = None;
+        cleanup()
+    }
+}
+
+/// Chooses the backend as kube-proxy's iptables wrapper does: count the rules
+/// (`-A` lines) `iptables-legacy-save` and `iptables-nft-save` (both families)
+/// show, and take legacy only when it has more.
+pub fn detect_backend() -> Backend {
+    let count = |backend: Backend| -> usize {
+        FAMILIES
+            .iter()
+            .filter_map(|f| run(&backend.save(*f), &[], None).ok())
+            .map(|text| text.lines().filter(|l| l.starts_with('-')).count())
+            .sum()
+    };
+    let legacy = count(Backend::Legacy);
+    let nft = count(Backend::Nft);
+    if legacy > nft {
+        Backend::Legacy
+    } else {
+        Backend::Nft
+    }
+}
+
+/// What [`cleanup`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    pub hooks: usize,
+    pub chains: usize,
+    pub sets: usize,
+}
+
+/// Removes every hook, chain and set of ours: both families, both backends.
+/// Foreign rules and chains are untouched. A backend whose tools are missing or do
+/// not work here is skipped.
+pub fn cleanup() -> Result<CleanupReport, ApplyError> {
+    let mut report = CleanupReport::default();
+    for backend in [Backend::Nft, Backend::Legacy] {
+        for family in FAMILIES {
+            let Ok(text) = run(&backend.save(family), &["-t", "filter"], None) else {
+                continue;
+            };
+            let parsed = parse_save(&text);
+            if parsed.chains.is_empty() && parsed.hooks.is_empty() {
+                continue;
+            }
+            let mut input = String::from("*filter\n");
+            for hook in &parsed.hooks {
+                input.push_str(&hook.replacen("-A ", "-D ", 1));
+                input.push('\n');
+            }
+            for chain in &parsed.chains {
+                input.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            for chain in &parsed.chains {
+                input.push_str(&format!("-X {chain}\n"));
+            }
+            input.push_str("COMMIT\n");
+            run_restore(&backend.restore(family), &input)?;
+            report.hooks += parsed.hooks.len();
+            report.chains += parsed.chains.len();
+        }
+    }
+    let names = run("ipset", &["list", "-n"], None)?;
+    let destroy: Vec<String> = names
+        .lines()
+        .map(str::trim)
+        .filter(|n| is_our_set(n))
+        .map(|n| format!("destroy {n}"))
+        .collect();
+    if !destroy.is_empty() {
+        let lines: Vec<&String> = destroy.iter().collect();
+        ipset_restore(&lines)?;
+        report.sets = destroy.len();
+    }
+    Ok(report)
+}
+
+struct Saved {
+    /// Our chains.
+    chains: Vec<String>,
+    /// Rules in other chains that jump to ours (our hooks), as `-A …` lines.
+    hooks: Vec<String>,
+}
+
+fn parse_save(text: &str) -> Saved {
+    let mut chains = Vec::new();
+    let mut hooks = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(':') {
+            if let Some(name) = rest.split_whitespace().next() {
+                if is_our_chain(name) {
+                    chains.push(name.to_string());
+                }
+            }
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let chain = rest.split_whitespace().next().unwrap_or_default();
+            if is_our_chain(chain) {
+                continue;
+            }
+            let mut words = rest.split_whitespace().peekable();
+            let mut jumps_to_ours = false;
+            while let Some(w) = words.next() {
+                if (w == "-j" || w == "-g") && words.peek().is_some_and(|t| is_our_chain(t)) {
+                    jumps_to_ours = true;
+                }
+            }
+            if jumps_to_ours {
+                hooks.push(line.to_string());
+            }
+        }
+    }
+    Saved { chains, hooks }
+}
+
+/// Our sets from `ipset save`: name → (family, members).
+fn parse_ipset_save(text: &str) -> BTreeMap<String, (Family, Members)> {
+    let mut out: BTreeMap<String, (Family, Members)> = BTreeMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["create", name, _type, rest @ ..] if is_our_set(name) => {
+                let family = match rest.windows(2).find(|w| w[0] == "family") {
+                    Some(w) if w[1] == "inet6" => Family::IPv6,
+                    _ => Family::IPv4,
+                };
+                out.insert(name.to_string(), (family, Members::new()));
+            }
+            ["add", name, net, flags @ ..] if is_our_set(name) => {
+                let Some((_, members)) = out.get_mut(*name) else {
+                    continue;
+                };
+                // ipset prints host entries without a prefix length.
+                let parsed = net
+                    .parse::<IpNet>()
+                    .ok()
+                    .or_else(|| net.parse::<IpAddr>().ok().map(IpNet::from));
+                if let Some(n) = parsed {
+                    members.insert(n, flags.contains(&"nomatch"));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Runs a command, returns its stdout; a non-zero exit is an error with stderr.
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
+    let command = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ApplyError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A tool that exits early closes the pipe; its exit status tells why.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|source| ApplyError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let line = stdin.and_then(|_| failing_line(&stderr));
+    let line_text = match (line, stdin) {
+        (Some(n), Some(input)) => input.lines().nth(n.saturating_sub(1)).map(str::to_string),
+        _ => None,
+    };
+    Err(ApplyError::Command {
+        command,
+        status: output.status.to_string(),
+        stderr,
+        line,
+        line_text,
+    })
+}
+
+/// The input line a `*-restore` tool complains about (`line 5 failed`,
+/// `Error in line 5:`).
+fn failing_line(stderr: &str) -> Option<usize> {
+    let at = stderr.find("line ")?;
+    let digits: String = stderr[at + 5..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+fn run_restore(tool: &str, input: &str) -> Result<(), ApplyError> {
+    run(tool, &["--noflush", "-w", "10"], Some(input)).map(|_| ())
+}
+
+fn ipset_restore(lines: &[&String]) -> Result<(), ApplyError> {
+    let mut input = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        input.push_str(l);
+        input.push('\n');
+    }
+    run("ipset", &["restore", "-exist"], Some(&input)).map(|_| ())
+}
+
+/// A conntrack entry's identity, enough to judge it and to delete it (and every
+/// other entry that FORWARD would judge the same way).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CtKey {
+    family: Family,
+    proto_name: String,
+    proto: u8,
+    orig_src: IpAddr,
+    orig_dst: IpAddr,
+    orig_dport: Option<u16>,
+    reply_src: IpAddr,
+    reply_sport: Option<u16>,
+}
+
+struct CtEntry {
+    key: CtKey,
+}
+
+impl CtKey {
+    fn forward_flow(&self) -> Option<Flow> {
+        let l4 = match self.proto {
+            6 => L4::Tcp(self.reply_sport?),
+            17 => L4::Udp(self.reply_sport?),
+            132 => L4::Sctp(self.reply_sport?),
+            1 | 58 => L4::Icmp,
+            n => L4::Other(n),
+        };
+        Some(Flow {
+            src: self.orig_src,
+            dst: self.reply_src,
+            l4,
+        })
+    }
+}
+
+fn list_conntrack() -> Result<Vec<CtEntry>, ApplyError> {
+    let mut out = Vec::new();
+    for family in ["ipv4", "ipv6"] {
+        let text = run("conntrack", &["-L", "-f", family, "-o", "extended"], None)?;
+        out.extend(text.lines().filter_map(parse_conntrack_line));
+    }
+    Ok(out)
+}
+
+/// Parses a `conntrack -L -o extended` line:
+/// `ipv4 2 tcp 6 431999 ESTABLISHED src=… dst=… sport=… dport=… src=… dst=… sport=… dport=… [ASSURED] mark=0 use=1`.
+fn parse_conntrack_line(line: &str) -> Option<CtEntry> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let family = match *words.first()? {
+        "ipv4" => Family::IPv4,
+        "ipv6" => Family::IPv6,
+        _ => return None,
+    };
+    let proto_name = words.get(2)?.to_string();
+    let proto: u8 = words.get(3)?.parse().ok()?;
+    let mut srcs = Vec::new();
+    let mut dsts = Vec::new();
+    let mut sports = Vec::new();
+    let mut dports = Vec::new();
+    for w in &words[4..] {
+        if let Some((k, v)) = w.split_once('=') {
+            match k {
+                "src" => srcs.push(v.parse::<IpAddr>().ok()?),
+                "dst" => dsts.push(v.parse::<IpAddr>().ok()?),
+                "sport" => sports.push(v.parse::<u16>().ok()?),
+                "dport" => dports.push(v.parse::<u16>().ok()?),
+                _ => {}
+            }
+        }
+    }
+    Some(CtEntry {
+        key: CtKey {
+            family,
+            proto_name,
+            proto,
+            orig_src: *srcs.first()?,
+            orig_dst: *dsts.first()?,
+            orig_dport: dports.first().copied(),
+            reply_src: *srcs.get(1)?,
+            reply_sport: sports.get(1).copied(),
+        },
+    })
+}
+
+/// Deletes the entries with this key's original source, destination and port and
+/// reply source and port (all judged alike). Returns how many went.
+fn delete_conntrack(key: &CtKey) -> Result<usize, ApplyError> {
+    let family = match key.family {
+        Family::IPv4 => "ipv4",
+        Family::IPv6 => "ipv6",
+    };
+    let orig_src = key.orig_src.to_string();
+    let orig_dst = key.orig_dst.to_string();
+    let reply_src = key.reply_src.to_string();
+    let dport = key.orig_dport.map(|p| p.to_string());
+    let sport = key.reply_sport.map(|p| p.to_string());
+    let mut args: Vec<&str> = vec![
+        "-D",
+        "-f",
+        family,
+        "-p",
+        &key.proto_name,
+        "-s",
+        &orig_src,
+        "-d",
+        &orig_dst,
+        "--reply-src",
+        &reply_src,
+    ];
+    if let (Some(dport), Some(sport)) = (&dport, &sport) {
+        args.extend_from_slice(&["--dport", dport, "--reply-port-src", sport]);
+    }
+    match run("conntrack", &args, None) {
+        Ok(_) => Ok(1),
+        // conntrack exits 1 when nothing matched: the connection ended meanwhile.
+        Err(ApplyError::Command { stderr, .. }) if stderr.contains("0 flow entries") => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every address of this network namespace.
+fn local_addresses() -> Result<BTreeSet<IpAddr>, ApplyError> {
+    let text = run("ip", &["-o", "addr", "show"], None)?;
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "inet" || w == "inet6" {
+                if let Some(addr) = words.next().and_then(|a| a.split('/').next()) {
+                    if let Ok(ip) = addr.parse() {
+                        out.insert(ip);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_conntrack() {
+        let e = parse_conntrack_line("ipv4     2 tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=10.96.0.10 sport=40000 dport=80 src=10.0.1.5 dst=10.0.0.1 sport=8080 dport=40000 [ASSURED] mark=0 use=1").expect("parses");
+        let f = e.key.forward_flow().expect("flow");
+        assert_eq!(f.src, "10.0.0.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(f.dst, "10.0.1.5".parse::<IpAddr>().expect("ip"));
+        assert_eq!(f.l4, L4::Tcp(8080));
+        let icmp = parse_conntrack_line("ipv4     2 icmp     1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=7 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=7 mark=0 use=1").expect("parses");
+        assert_eq!(icmp.key.forward_flow().expect("flow").l4, L4::Icmp);
+    }
+
+    #[test]
+    fn finds_failing_line() {
+        assert_eq!(failing_line("iptables-restore: line 12 failed"), Some(12));
+        assert_eq!(
+            failing_line(
+                "ipset v7.17: Error in line 3: The set with the given name does not exist"
+            ),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn parses_save() {
+        let s = parse_save(":FORWARD ACCEPT [0:0]\n:PALISADE-FORWARD - [0:0]\n:FOREIGN - [0:0]\n-A FORWARD -m comment --comment \"palisade: enforce network policy\" -j PALISADE-FORWARD\n-A FORWARD -j FOREIGN\n-A PALISADE-FORWARD -j PALISADE-DENY\n");
+        assert_eq!(s.chains, vec!["PALISADE-FORWARD"]);
+        assert_eq!(s.hooks.len(), 1);
+    }
+}

@@ -1,0 +1,212 @@
+//! `palisade-enforcer`: programs the network namespace it runs in from a node's
+//! compiled rule set (a JSON file until the operator stream exists).
+//!
+//! Reports on stdout as JSON lines: `{"applied_version":N,...}` after each apply,
+//! `{"error":...}` for failures and for rules enforced fail-closed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use palisade_enforcer::{
+    cleanup, render, ApplyOptions, ApplyReport, Backend, Enforcer, NodeRuleSet, RenderOptions,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "palisade-enforcer", version, about = "Palisade's node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Nft,
+    Legacy,
+}
+
+#[derive(clap::Args)]
+struct ApplyArgs {
+    /// The node's compiled rule set (JSON NodeRuleSet).
+    #[arg(long)]
+    state: PathBuf,
+    /// Reject denied connections (TCP reset / ICMP port unreachable) instead of dropping.
+    #[arg(long)]
+    reject: bool,
+    /// Keep established connections that a new state denies.
+    #[arg(long)]
+    no_revoke: bool,
+    /// iptables backend (default: detected like kube-proxy, nft on a tie).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Apply a state once.
+    Apply(ApplyArgs),
+    /// Apply a state, then re-apply whenever the file changes (polled every 50 ms).
+    /// SIGTERM/SIGINT exit and keep the rules.
+    Run {
+        #[command(flatten)]
+        args: ApplyArgs,
+        /// Remove everything Palisade installed on exit (uninstall).
+        #[arg(long)]
+        cleanup_on_exit: bool,
+    },
+    /// Remove every chain, hook and set Palisade installed (both families and backends).
+    Cleanup,
+    /// Print the ipset and iptables-restore scripts for a state.
+    Render {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        reject: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Apply(args) => {
+            let state = read_state(&args.state)?;
+            let mut enforcer = enforcer(&args);
+            match enforcer.apply(&state) {
+                Ok(report) => emit_report(&report),
+                Err(e) => {
+                    emit(json!({"error": e.to_string(), "version": state.version}));
+                    return Err(e).context("apply failed");
+                }
+            }
+        }
+        Cmd::Run {
+            args,
+            cleanup_on_exit,
+        } => run(&args, cleanup_on_exit)?,
+        Cmd::Cleanup => {
+            let report = cleanup().context("cleanup failed")?;
+            emit(json!({"cleaned_up": report}));
+        }
+        Cmd::Render { state, reject } => {
+            let state = read_state(&state)?;
+            let rendered = render(&state, &RenderOptions { reject })?;
+            print!("{}", rendered.scripts());
+            for issue in &rendered.issues {
+                eprintln!(
+                    "{}",
+                    json!({"error": "rule enforced fail-closed", "rule": issue})
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn enforcer(args: &ApplyArgs) -> Enforcer {
+    let opts = ApplyOptions {
+        reject: args.reject,
+        revoke: !args.no_revoke,
+    };
+    match args.backend {
+        Some(BackendArg::Nft) => Enforcer::with_backend(Backend::Nft, opts),
+        Some(BackendArg::Legacy) => Enforcer::with_backend(Backend::Legacy, opts),
+        None => Enforcer::new(opts),
+    }
+}
+
+fn read_state(path: &Path) -> Result<NodeRuleSet> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn emit(value: serde_json::Value) {
+    println!("{value}");
+}
+
+fn emit_report(report: &ApplyReport) {
+    emit(json!({
+        "applied_version": report.version,
+        "elapsed_ms": report.elapsed_us as f64 / 1000.0,
+        "chains_written": report.chains_written,
+        "chains_removed": report.chains_removed,
+        "sets_created": report.sets_created,
+        "sets_updated": report.sets_updated,
+        "sets_removed": report.sets_removed,
+        "revoked": report.revoked,
+    }));
+    for issue in &report.issues {
+        emit(
+            json!({"error": "rule enforced fail-closed", "version": report.version, "rule": issue}),
+        );
+    }
+    for error in &report.errors {
+        emit(json!({"error": error, "version": report.version}));
+    }
+}
+
+/// Identity of the file's current content, as cheap as a stat.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn run(args: &ApplyArgs, cleanup_on_exit: bool) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handler")?;
+    }
+    let mut enforcer = enforcer(args);
+    emit(json!({"started": true, "backend": enforcer.backend()}));
+    let poll = Duration::from_millis(50);
+    let retry = Duration::from_secs(1);
+    let hook_check = Duration::from_secs(5);
+    let mut seen: Option<(SystemTime, u64)> = None;
+    // Some(deadline) while the last attempt failed: retry then, even without a change.
+    let mut retry_at: Option<Instant> = None;
+    let mut applied = false;
+    let mut last_hook_check = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now_stamp = stamp(&args.state);
+        let changed = now_stamp != seen;
+        let due = retry_at.is_some_and(|t| Instant::now() >= t);
+        if changed || due {
+            seen = now_stamp;
+            match read_state(&args.state) {
+                Err(e) => {
+                    emit(json!({"error": format!("{e:#}")}));
+                    retry_at = None;
+                }
+                Ok(state) => match enforcer.apply(&state) {
+                    Ok(report) => {
+                        emit_report(&report);
+                        retry_at = None;
+                        applied = true;
+                    }
+                    Err(e) => {
+                        emit(json!({"error": e.to_string(), "version": state.version}));
+                        retry_at = Some(Instant::now() + retry);
+                    }
+                },
+            }
+        }
+        if applied && last_hook_check.elapsed() >= hook_check {
+            last_hook_check = Instant::now();
+            if let Err(e) = enforcer.ensure_hooks() {
+                emit(json!({"error": e.to_string()}));
+            }
+        }
+        std::thread::sleep(poll);
+    }
+    if cleanup_on_exit {
+        let report = enforcer.cleanup().context("cleanup on exit failed")?;
+        emit(json!({"cleaned_up": report}));
+    }
+    emit(json!({"stopped": true}));
+    Ok(())
+}

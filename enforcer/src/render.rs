@@ -1,0 +1,1097 @@
+//! Render: a node's [`NodeRuleSet`] → ipset and `iptables-restore --noflush` text.
+//!
+//! Pure: no I/O. Renders only our own chains (`PALISADE-…`) and sets (`PAL-…`) of
+//! the filter table, for each family (IPv4 → `iptables` and ipset `family inet`,
+//! IPv6 → `ip6tables` and `family inet6`). The hook in built-in FORWARD is not part
+//! of the text: apply installs it with `-C`/`-I` so that foreign rules are never
+//! flushed or reordered.
+//!
+//! # Chains
+//!
+//! ```text
+//! FORWARD ─► PALISADE-FORWARD
+//!              ctstate ESTABLISHED,RELATED → ACCEPT     (replies, related ICMP)
+//!              ctstate INVALID            → DROP
+//!              -s <local pod ip> → <egress chain of that pod>     (one per isolated pod)
+//!              -d <local pod ip> → <ingress chain of that pod>
+//!              clear our mark bits; fall off → RETURN to FORWARD
+//! pod chain      PALISADE-{I,E}-<hash>   one per distinct list of tier chains
+//!              -j <tier chain 1>;  mark ACCEPT? → RETURN;  -j <tier chain 2> …
+//! tier chain     PALISADE-T-<hash>       one per distinct (direction, tier, policy list)
+//!              clear mark;  -j <policy chain 1>;  mark set? → RETURN;  -j <policy chain 2> …
+//!              networkpolicy tier or defaultAction Deny: → PALISADE-DENY
+//! policy chain   PALISADE-P{I,E}-<hash of the policy id>, shared by all pods it selects
+//!              <match> -g PALISADE-ACCEPT | -g PALISADE-PASS | -j PALISADE-DENY
+//! PALISADE-ACCEPT / PALISADE-PASS   set the ACCEPT / PASS mark bit (then return)
+//! PALISADE-DENY                     DROP (or REJECT: tcp-reset / port-unreachable)
+//! ```
+//!
+//! A pod with a single tier in a direction dispatches straight to its tier chain.
+//!
+//! Why marks: policy chains are shared by every local pod a policy selects (so a
+//! policy selecting 100 local pods costs its rules once, not 100 times), and a shared
+//! chain cannot know which tier follows for a given pod. A matching Accept or Pass
+//! rule therefore records its outcome in a mark bit and leaves with a *goto* into a
+//! one-rule marking chain: a goto pushes no return address, so when the marking
+//! chain ends the packet is back in the tier chain, right after the jump to the
+//! policy chain, where one rule returns as soon as any bit is set. A Deny drops at
+//! once from wherever it is. The tier chain clears our bits first, so a Pass of an
+//! earlier tier never leaks into a later one, and PALISADE-FORWARD clears them before
+//! handing the packet back. The bits are 0x02000000 (ACCEPT) and 0x04000000 (PASS),
+//! mask 0x06000000: clear of kube-proxy (0x4000 masquerade, 0x8000 drop), Cilium
+//! (0x0f00), Weave and kube-router (0x10000-0x40000), Tailscale (0xff0000), Istio
+//! (0x539) and AWS VPC CNI (0x80, 0x100). Calico's default mask 0xffff0000 covers them,
+//! but Calico is an alternative to Palisade, never run beside it. The packet mark is
+//! per packet, so NEW packets only ever carry bits we set while evaluating them.
+//!
+//! Allowed connections RETURN to FORWARD (never ACCEPT), so foreign rules after our
+//! hook, and FORWARD's policy, still apply to them: Palisade only ever takes
+//! traffic away. Established and related packets are ACCEPTed at the top of
+//! PALISADE-FORWARD (a connection only becomes established after every rule of
+//! FORWARD let its first packet through).
+//!
+//! Traffic between a local pod and its own node never crosses FORWARD (INPUT and
+//! OUTPUT of the node namespace), and we install nothing there, so it is always
+//! allowed, as the tiers contract requires.
+//!
+//! # Ids
+//!
+//! Every policy rule carries `-m comment --comment "<short id> pal:<tier>:<kind>:<ns/name>:<index>:<rule name|->:<action>"`
+//! (at most 255 characters). The short id `P<policy hash>R<index><I|E>` (tier
+//! defaults: `T<tier hash>D<I|E>`) fits an NFLOG prefix; [`Rendered::ids`] maps it
+//! back, and the restore script lists the mapping in `#` lines.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use palisade_policy::compiled::{
+    AddressSet, CompiledPolicy, CompiledRule, LocalPod, NodeRuleSet, PortRange, TierPolicies,
+};
+use palisade_policy::model::{Action, DefaultAction, Direction, Family, PolicyId, Protocol};
+use serde::Serialize;
+
+use crate::check::check;
+use crate::error::{RenderError, RuleIssue};
+use crate::names::{self, *};
+
+/// Options that change the rendered text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Denied packets get a TCP reset / ICMP port unreachable instead of a silent drop.
+    pub reject: bool,
+}
+
+/// What a short id stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub id: String,
+    pub tier: String,
+    /// `None` for a tier's default decision.
+    pub policy: Option<PolicyId>,
+    pub direction: Direction,
+    pub rule_index: Option<usize>,
+    pub rule_name: Option<String>,
+    pub action: Action,
+}
+
+/// Members of one ipset: net → `nomatch`.
+pub type Members = BTreeMap<IpNet, bool>;
+
+/// One ipset as rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetRules {
+    /// The compiled set's name.
+    pub source: String,
+    pub members: Members,
+}
+
+/// Everything of one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyRules {
+    pub family: Family,
+    /// Chain → its full rule list (`-A CHAIN …` lines, in order).
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// ipset name → members.
+    pub sets: BTreeMap<String, SetRules>,
+    /// Short ids used by this family's rules.
+    pub ids: BTreeSet<String>,
+}
+
+/// The rendered state of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    pub version: u64,
+    pub ipv4: FamilyRules,
+    pub ipv6: FamilyRules,
+    /// Short id → meaning.
+    pub ids: BTreeMap<String, RuleRef>,
+    /// Rules enforced fail-closed because they could not be enforced as written.
+    pub issues: Vec<RuleIssue>,
+}
+
+/// Renders a node's rule set. Errors refuse the whole rule set.
+pub fn render(rs: &NodeRuleSet, opts: &RenderOptions) -> Result<Rendered, RenderError> {
+    let (rs, issues) = check(rs)?;
+    let mut ids = BTreeMap::new();
+    let ipv4 = FamilyRenderer::new(&rs, Family::IPv4, *opts, &mut ids).run()?;
+    let ipv6 = FamilyRenderer::new(&rs, Family::IPv6, *opts, &mut ids).run()?;
+    Ok(Rendered {
+        version: rs.version,
+        ipv4,
+        ipv6,
+        ids,
+        issues,
+    })
+}
+
+impl Rendered {
+    pub fn family(&self, family: Family) -> &FamilyRules {
+        match family {
+            Family::IPv4 => &self.ipv4,
+            Family::IPv6 => &self.ipv6,
+        }
+    }
+
+    /// What a short id (from a comment or an NFLOG prefix) stands for.
+    pub fn lookup(&self, short_id: &str) -> Option<&RuleRef> {
+        self.ids.get(short_id)
+    }
+
+    /// Both families' scripts, for people (`palisade-enforcer render`).
+    pub fn scripts(&self) -> String {
+        let mut out = String::new();
+        for fam in [&self.ipv4, &self.ipv6] {
+            let (ipset, ipt) = match fam.family {
+                Family::IPv4 => ("ipset restore -exist (family inet)", "iptables-restore"),
+                Family::IPv6 => ("ipset restore -exist (family inet6)", "ip6tables-restore"),
+            };
+            let _ = writeln!(out, "### {ipset}");
+            out.push_str(&fam.ipset_restore());
+            let _ = writeln!(out, "### {ipt} --noflush");
+            out.push_str(&fam.iptables_restore(&self.ids));
+        }
+        out
+    }
+}
+
+/// The parts of a rule comment, as [`parse_comment`] reads them back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommentId {
+    pub short_id: String,
+    pub tier: String,
+    /// `None` for a tier default (`default` in the comment).
+    pub kind: Option<palisade_policy::model::PolicyKind>,
+    /// `ns/name` or `name`; for a tier default, the direction.
+    pub policy: String,
+    pub rule_index: Option<usize>,
+    pub rule_name: Option<String>,
+    pub action: Action,
+}
+
+/// Reads back a comment written by render (possibly truncated in its rule name).
+pub fn parse_comment(comment: &str) -> Option<CommentId> {
+    let comment = comment.trim_matches('"');
+    let (short_id, rest) = comment.split_once(' ')?;
+    let rest = rest.strip_prefix("pal:")?;
+    let parts: Vec<&str> = rest.split(':').collect();
+    let action = |s: &str| match s {
+        "Accept" => Some(Action::Accept),
+        "Deny" => Some(Action::Deny),
+        "Pass" => Some(Action::Pass),
+        _ => None,
+    };
+    match parts.as_slice() {
+        [tier, "default", dir, act] => Some(CommentId {
+            short_id: short_id.to_string(),
+            tier: tier.to_string(),
+            kind: None,
+            policy: dir.to_string(),
+            rule_index: None,
+            rule_name: None,
+            action: action(act)?,
+        }),
+        [tier, kind, policy, index, rule_name, act] => Some(CommentId {
+            short_id: short_id.to_string(),
+            tier: tier.to_string(),
+            kind: Some(kind_from_short(kind)?),
+            policy: policy.to_string(),
+            rule_index: index.parse().ok(),
+            rule_name: (*rule_name != "-").then(|| rule_name.to_string()),
+            action: action(act)?,
+        }),
+        _ => None,
+    }
+}
+
+const SET_CREATE_OPTS: &str = "hashsize 1024 maxelem 1048576";
+
+fn ipset_family(family: Family) -> &'static str {
+    match family {
+        Family::IPv4 => "inet",
+        Family::IPv6 => "inet6",
+    }
+}
+
+/// `create NAME hash:net family inet …` (without `-exist`: restore runs with it).
+pub fn set_create_line(name: &str, family: Family) -> String {
+    format!(
+        "create {name} hash:net family {} {SET_CREATE_OPTS}",
+        ipset_family(family)
+    )
+}
+
+/// `add NAME NET [nomatch]`.
+pub fn set_add_line(name: &str, net: &IpNet, nomatch: bool) -> String {
+    if nomatch {
+        format!("add {name} {net} nomatch")
+    } else {
+        format!("add {name} {net}")
+    }
+}
+
+/// Lines that build `name` with `members` in a temporary set and swap it in:
+/// atomic for the set, whatever it held before.
+pub fn set_build_and_swap(name: &str, family: Family, members: &Members) -> Vec<String> {
+    let temp = temp_set_name(name);
+    let mut lines = Vec::with_capacity(members.len() + 5);
+    lines.push(set_create_line(&temp, family));
+    lines.push(format!("flush {temp}"));
+    for (net, nomatch) in members {
+        lines.push(set_add_line(&temp, net, *nomatch));
+    }
+    lines.push(set_create_line(name, family));
+    lines.push(format!("swap {temp} {name}"));
+    lines.push(format!("destroy {temp}"));
+    lines
+}
+
+impl FamilyRules {
+    /// The whole state as one `iptables-restore --noflush` input: every chain of ours
+    /// declared (which empties it) and refilled.
+    pub fn iptables_restore(&self, ids: &BTreeMap<String, RuleRef>) -> String {
+        let mut out = String::new();
+        if !self.ids.is_empty() {
+            out.push_str("# palisade rule ids\n");
+            for id in &self.ids {
+                if let Some(r) = ids.get(id) {
+                    let _ = writeln!(out, "# {id} = {}", describe(r));
+                }
+            }
+        }
+        out.push_str("*filter\n");
+        for chain in self.chains.keys() {
+            let _ = writeln!(out, ":{chain} - [0:0]");
+        }
+        for lines in self.chains.values() {
+            for line in lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
+
+    /// The whole state as `ipset restore -exist` input: each set built and swapped.
+    pub fn ipset_restore(&self) -> String {
+        let mut out = String::new();
+        for (name, set) in &self.sets {
+            for line in set_build_and_swap(name, self.family, &set.members) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn describe(r: &RuleRef) -> String {
+    match &r.policy {
+        Some(p) => format!(
+            "tier {} {} {} rule {}{} {:?}",
+            r.tier,
+            p,
+            r.direction.as_str(),
+            r.rule_index.map(|i| i.to_string()).unwrap_or_default(),
+            r.rule_name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
+            r.action
+        ),
+        None => format!(
+            "tier {} {} default {:?}",
+            r.tier,
+            r.direction.as_str(),
+            r.action
+        ),
+    }
+}
+
+/// An address set's ipset members, with exactly [`AddressSet::contains`] semantics.
+///
+/// ipset `hash:net` decides by the most specific matching prefix, as `contains`
+/// does; two things need care. A `/0` cannot be stored: it becomes the two `/1`
+/// halves, with the flag the original set gives a `/1` that is no entry or
+/// exception of its own. A net that is both an entry and an exception is not in
+/// the set (`contains` needs the entry to be strictly more specific), so it is
+/// stored once, as `nomatch`. Members of the other family are ignored (the set is
+/// only ever consulted for packets of its own family).
+pub fn set_members(set: &AddressSet) -> Members {
+    let family_ok = |n: &IpNet| {
+        matches!(
+            (set.family, n),
+            (Family::IPv4, IpNet::V4(_)) | (Family::IPv6, IpNet::V6(_))
+        )
+    };
+    let entries: BTreeSet<IpNet> = set
+        .entries
+        .iter()
+        .filter(|n| family_ok(n))
+        .map(|n| n.trunc())
+        .collect();
+    let excepts: BTreeSet<IpNet> = set
+        .except
+        .iter()
+        .filter(|n| family_ok(n))
+        .map(|n| n.trunc())
+        .collect();
+    let zero_entry = entries.iter().any(|n| n.prefix_len() == 0);
+    let zero_except = excepts.iter().any(|n| n.prefix_len() == 0);
+    let mut out = Members::new();
+    for e in entries.iter().filter(|n| n.prefix_len() > 0) {
+        out.insert(*e, excepts.contains(e));
+    }
+    for x in excepts.iter().filter(|n| n.prefix_len() > 0) {
+        out.insert(*x, true);
+    }
+    if zero_entry {
+        for half in halves(set.family) {
+            out.entry(half).or_insert(zero_except);
+        }
+    }
+    out
+}
+
+fn halves(family: Family) -> [IpNet; 2] {
+    match family {
+        Family::IPv4 => [
+            IpNet::V4(Ipv4Net::new([0, 0, 0, 0].into(), 1).expect("valid /1")),
+            IpNet::V4(Ipv4Net::new([128, 0, 0, 0].into(), 1).expect("valid /1")),
+        ],
+        Family::IPv6 => [
+            IpNet::V6(Ipv6Net::new(0u128.into(), 1).expect("valid /1")),
+            IpNet::V6(Ipv6Net::new((1u128 << 127).into(), 1).expect("valid /1")),
+        ],
+    }
+}
+
+fn mark_hex(v: u32) -> String {
+    format!("{v:#x}")
+}
+
+fn host_prefix(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+fn truncate_comment(mut text: String) -> String {
+    // Sanitized text is ASCII, so byte truncation keeps characters whole.
+    text.truncate(255);
+    text
+}
+
+fn dir_word(direction: Direction) -> &'static str {
+    direction.as_str()
+}
+
+struct FamilyRenderer<'a> {
+    rs: &'a NodeRuleSet,
+    family: Family,
+    opts: RenderOptions,
+    ids: &'a mut BTreeMap<String, RuleRef>,
+    out: FamilyRules,
+    /// chain or set name → what it stands for (to detect hash collisions).
+    owners: BTreeMap<String, String>,
+    /// Set index → ipset name, `None` for sets of the other family.
+    set_names: Vec<Option<String>>,
+}
+
+impl<'a> FamilyRenderer<'a> {
+    fn new(
+        rs: &'a NodeRuleSet,
+        family: Family,
+        opts: RenderOptions,
+        ids: &'a mut BTreeMap<String, RuleRef>,
+    ) -> Self {
+        FamilyRenderer {
+            rs,
+            family,
+            opts,
+            ids,
+            out: FamilyRules {
+                family,
+                chains: BTreeMap::new(),
+                sets: BTreeMap::new(),
+                ids: BTreeSet::new(),
+            },
+            owners: BTreeMap::new(),
+            set_names: Vec::new(),
+        }
+    }
+
+    fn claim(&mut self, name: &str, owner: String) -> Result<bool, RenderError> {
+        match self.owners.get(name) {
+            Some(existing) if *existing == owner => Ok(false),
+            Some(existing) => Err(RenderError::Collision {
+                name: name.to_string(),
+                first: existing.clone(),
+                second: owner,
+            }),
+            None => {
+                self.owners.insert(name.to_string(), owner);
+                Ok(true)
+            }
+        }
+    }
+
+    fn run(mut self) -> Result<FamilyRules, RenderError> {
+        for set in &self.rs.sets {
+            if set.family != self.family {
+                self.set_names.push(None);
+                continue;
+            }
+            let name = set_name(&set.name, self.family);
+            if self.claim(&name, format!("set {}", set.name))? {
+                self.out.sets.insert(
+                    name.clone(),
+                    SetRules {
+                        source: set.name.clone(),
+                        members: set_members(set),
+                    },
+                );
+            }
+            self.set_names.push(Some(name));
+        }
+
+        let mask = mark_hex(MARK_MASK);
+        self.out.chains.insert(
+            CHAIN_ACCEPT.to_string(),
+            vec![format!(
+                "-A {CHAIN_ACCEPT} -j MARK --set-xmark {}/{mask}",
+                mark_hex(MARK_ACCEPT)
+            )],
+        );
+        self.out.chains.insert(
+            CHAIN_PASS.to_string(),
+            vec![format!(
+                "-A {CHAIN_PASS} -j MARK --set-xmark {}/{mask}",
+                mark_hex(MARK_PASS)
+            )],
+        );
+        let deny = if self.opts.reject {
+            let unreachable = match self.family {
+                Family::IPv4 => "icmp-port-unreachable",
+                Family::IPv6 => "icmp6-port-unreachable",
+            };
+            vec![
+                format!("-A {CHAIN_DENY} -p tcp -j REJECT --reject-with tcp-reset"),
+                format!("-A {CHAIN_DENY} -j REJECT --reject-with {unreachable}"),
+            ]
+        } else {
+            vec![format!("-A {CHAIN_DENY} -j DROP")]
+        };
+        self.out.chains.insert(CHAIN_DENY.to_string(), deny);
+        for name in [CHAIN_FORWARD, CHAIN_ACCEPT, CHAIN_PASS, CHAIN_DENY] {
+            self.claim(name, format!("base chain {name}"))?;
+        }
+
+        let mut forward = vec![
+            format!("-A {CHAIN_FORWARD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+            format!("-A {CHAIN_FORWARD} -m conntrack --ctstate INVALID -j DROP"),
+        ];
+        let mut dispatched = false;
+        for direction in [Direction::Egress, Direction::Ingress] {
+            for pod in &self.rs.pods {
+                let list = match direction {
+                    Direction::Ingress => &pod.ingress,
+                    Direction::Egress => &pod.egress,
+                };
+                if list.is_empty() {
+                    continue;
+                }
+                let ips: Vec<&IpAddr> = pod
+                    .ips
+                    .iter()
+                    .filter(|ip| Family::of(ip) == self.family)
+                    .collect();
+                if ips.is_empty() {
+                    continue;
+                }
+                let target = self.pod_chain(direction, list)?;
+                let flag = match direction {
+                    Direction::Egress => "-s",
+                    Direction::Ingress => "-d",
+                };
+                for ip in ips {
+                    forward.push(format!(
+                        "-A {CHAIN_FORWARD} {flag} {} -m comment --comment \"{} {}\" -j {target}",
+                        host_prefix(ip),
+                        dir_word(direction),
+                        pod_label(pod)
+                    ));
+                    dispatched = true;
+                }
+            }
+        }
+        if dispatched {
+            forward.push(format!(
+                "-A {CHAIN_FORWARD} -m mark ! --mark 0x0/{mask} -j MARK --set-xmark 0x0/{mask}"
+            ));
+        }
+        self.out.chains.insert(CHAIN_FORWARD.to_string(), forward);
+        Ok(self.out)
+    }
+
+    /// The chain a pod's direction dispatches to.
+    fn pod_chain(
+        &mut self,
+        direction: Direction,
+        list: &[TierPolicies],
+    ) -> Result<String, RenderError> {
+        let mut tiers = Vec::with_capacity(list.len());
+        for tp in list {
+            tiers.push(self.tier_chain(direction, tp)?);
+        }
+        if let [only] = tiers.as_slice() {
+            return Ok(only.clone());
+        }
+        let key = format!("{}|{}", dir_word(direction), tiers.join(","));
+        let name = names::pod_chain(direction, &key);
+        if self.claim(&name, format!("pod chain {key}"))? {
+            let mut lines = Vec::new();
+            for (i, t) in tiers.iter().enumerate() {
+                lines.push(format!("-A {name} -j {t}"));
+                if i + 1 < tiers.len() {
+                    lines.push(format!(
+                        "-A {name} -m mark --mark {}/{} -j RETURN",
+                        mark_hex(MARK_ACCEPT),
+                        mark_hex(MARK_ACCEPT)
+                    ));
+                }
+            }
+            self.out.chains.insert(name.clone(), lines);
+        }
+        Ok(name)
+    }
+
+    fn tier_chain(
+        &mut self,
+        direction: Direction,
+        tp: &TierPolicies,
+    ) -> Result<String, RenderError> {
+        let rs = self.rs;
+        let tier = rs
+            .tiers
+            .get(tp.tier)
+            .ok_or_else(|| RenderError::invalid("pod", direction.as_str(), "tier out of range"))?;
+        let mut policy_chains = Vec::with_capacity(tp.policies.len());
+        for &p in &tp.policies {
+            let policy = rs.policies.get(p).ok_or_else(|| {
+                RenderError::invalid("pod", direction.as_str(), "policy out of range")
+            })?;
+            policy_chains.push(self.policy_chain(policy, direction)?);
+        }
+        let deny_at_end = tier.networkpolicy || tier.default_action == DefaultAction::Deny;
+        let key = format!(
+            "{}|{}|np={}|deny={}|{}",
+            dir_word(direction),
+            tier.name,
+            tier.networkpolicy,
+            deny_at_end,
+            policy_chains.join(",")
+        );
+        let name = names::tier_chain(&key);
+        if self.claim(&name, format!("tier chain {key}"))? {
+            let mask = mark_hex(MARK_MASK);
+            let mut lines = vec![format!("-A {name} -j MARK --set-xmark 0x0/{mask}")];
+            for (i, pc) in policy_chains.iter().enumerate() {
+                lines.push(format!("-A {name} -j {pc}"));
+                if i + 1 < policy_chains.len() || deny_at_end {
+                    lines.push(format!("-A {name} -m mark ! --mark 0x0/{mask} -j RETURN"));
+                }
+            }
+            if deny_at_end {
+                let id = tier_default_id(&tier.name, direction);
+                let comment = truncate_comment(format!(
+                    "{id} pal:{}:default:{}:Deny",
+                    sanitize(&tier.name),
+                    dir_word(direction)
+                ));
+                self.register(RuleRef {
+                    id: id.clone(),
+                    tier: tier.name.clone(),
+                    policy: None,
+                    direction,
+                    rule_index: None,
+                    rule_name: None,
+                    action: Action::Deny,
+                });
+                lines.push(format!(
+                    "-A {name} -m comment --comment \"{comment}\" -j {CHAIN_DENY}"
+                ));
+            }
+            self.out.chains.insert(name.clone(), lines);
+        }
+        Ok(name)
+    }
+
+    fn register(&mut self, r: RuleRef) {
+        self.out.ids.insert(r.id.clone());
+        self.ids.insert(r.id.clone(), r);
+    }
+
+    fn policy_chain(
+        &mut self,
+        policy: &CompiledPolicy,
+        direction: Direction,
+    ) -> Result<String, RenderError> {
+        let name = names::policy_chain(&policy.id, direction);
+        if !self.claim(
+            &name,
+            format!("policy {} {}", policy_key(&policy.id), dir_word(direction)),
+        )? {
+            return Ok(name);
+        }
+        let rules = match direction {
+            Direction::Ingress => &policy.ingress,
+            Direction::Egress => &policy.egress,
+        };
+        let tier_name = self
+            .rs
+            .tiers
+            .get(policy.tier)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        let mut lines = Vec::new();
+        for rule in rules {
+            self.rule_lines(&name, &tier_name, policy, direction, rule, &mut lines);
+        }
+        self.out.chains.insert(name.clone(), lines);
+        Ok(name)
+    }
+
+    fn rule_lines(
+        &mut self,
+        chain: &str,
+        tier: &str,
+        policy: &CompiledPolicy,
+        direction: Direction,
+        rule: &CompiledRule,
+        lines: &mut Vec<String>,
+    ) {
+        let id = rule_id(&policy.id, rule.index, direction);
+        let policy_name = match &policy.id.namespace {
+            Some(ns) => format!("{ns}/{}", policy.id.name),
+            None => policy.id.name.clone(),
+        };
+        let comment = truncate_comment(format!(
+            "{id} pal:{}:{}:{}:{}:{}:{:?}",
+            sanitize(tier),
+            kind_short(policy.id.kind),
+            sanitize(&policy_name),
+            rule.index,
+            rule.name
+                .as_deref()
+                .map(sanitize)
+                .unwrap_or_else(|| "-".to_string()),
+            rule.action
+        ));
+        self.register(RuleRef {
+            id,
+            tier: tier.to_string(),
+            policy: Some(policy.id.clone()),
+            direction,
+            rule_index: Some(rule.index),
+            rule_name: rule.name.clone(),
+            action: rule.action,
+        });
+        let target = match rule.action {
+            Action::Accept => format!("-g {CHAIN_ACCEPT}"),
+            Action::Pass => format!("-g {CHAIN_PASS}"),
+            Action::Deny => format!("-j {CHAIN_DENY}"),
+        };
+        let (remote_dir, local_dir) = match direction {
+            Direction::Ingress => ("src", "dst"),
+            Direction::Egress => ("dst", "src"),
+        };
+        for m in &rule.matches {
+            let peers: Vec<Option<String>> = match &m.peers {
+                None => vec![None],
+                Some(list) => {
+                    let mut seen = BTreeSet::new();
+                    list.iter()
+                        .filter_map(|&i| self.set_names.get(i).cloned().flatten())
+                        .filter(|n| seen.insert(n.clone()))
+                        .map(Some)
+                        .collect()
+                }
+            };
+            let local: Option<String> = match m.local {
+                None => None,
+                Some(i) => match self.set_names.get(i).cloned().flatten() {
+                    Some(n) => Some(n),
+                    None => continue, // a set of the other family: matches nothing here
+                },
+            };
+            let ports: Vec<String> = match &m.ports {
+                None => vec![String::new()],
+                Some(ranges) => port_specs(ranges, self.family),
+            };
+            for peer in &peers {
+                for port in &ports {
+                    let mut line = format!("-A {chain}");
+                    if let Some(p) = peer {
+                        let _ = write!(line, " -m set --match-set {p} {remote_dir}");
+                    }
+                    if let Some(l) = &local {
+                        let _ = write!(line, " -m set --match-set {l} {local_dir}");
+                    }
+                    if !port.is_empty() {
+                        line.push(' ');
+                        line.push_str(port);
+                    }
+                    let _ = write!(line, " -m comment --comment \"{comment}\" {target}");
+                    lines.push(line);
+                }
+            }
+        }
+    }
+}
+
+fn pod_label(pod: &LocalPod) -> String {
+    sanitize(&format!("{}/{}", pod.namespace, pod.name))
+}
+
+fn proto_name(protocol: Protocol, family: Family) -> &'static str {
+    match (protocol, family) {
+        (Protocol::Tcp, _) => "tcp",
+        (Protocol::Udp, _) => "udp",
+        (Protocol::Sctp, _) => "sctp",
+        (Protocol::Icmp, Family::IPv4) => "icmp",
+        (Protocol::Icmp, Family::IPv6) => "ipv6-icmp",
+    }
+}
+
+/// Port matches for a list of ranges: one per protocol (ICMP: the protocol alone),
+/// overlapping and adjacent ranges merged, several ranges as `multiport` (at most 15
+/// slots each, a range taking two).
+fn port_specs(ranges: &[PortRange], family: Family) -> Vec<String> {
+    let mut by_proto: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
+    for r in ranges {
+        by_proto
+            .entry(r.protocol)
+            .or_default()
+            .push((r.start, r.end));
+    }
+    let mut out = Vec::new();
+    for (proto, mut list) in by_proto {
+        let name = proto_name(proto, family);
+        if !proto.has_ports() {
+            out.push(format!("-p {name}"));
+            continue;
+        }
+        list.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::new();
+        for (s, e) in list {
+            match merged.last_mut() {
+                Some(last) if u32::from(s) <= u32::from(last.1) + 1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        let fmt = |(s, e): (u16, u16)| {
+            if s == e {
+                s.to_string()
+            } else {
+                format!("{s}:{e}")
+            }
+        };
+        if let [only] = merged.as_slice() {
+            out.push(format!("-p {name} -m {name} --dport {}", fmt(*only)));
+            continue;
+        }
+        let mut chunk: Vec<String> = Vec::new();
+        let mut slots = 0;
+        for r in merged {
+            let need = if r.0 == r.1 { 1 } else { 2 };
+            if slots + need > 15 {
+                out.push(format!(
+                    "-p {name} -m multiport --dports {}",
+                    chunk.join(",")
+                ));
+                chunk.clear();
+                slots = 0;
+            }
+            chunk.push(fmt(r));
+            slots += need;
+        }
+        if !chunk.is_empty() {
+            out.push(format!(
+                "-p {name} -m multiport --dports {}",
+                chunk.join(",")
+            ));
+        }
+    }
+    out
+}
+
+/// What apply knows is installed for one family: `None` content means "exists,
+/// content unknown" (read from the kernel), which forces a rewrite.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    pub chains: BTreeMap<String, Option<Vec<String>>>,
+    pub sets: BTreeMap<String, Option<Members>>,
+}
+
+impl From<&FamilyRules> for Installed {
+    fn from(f: &FamilyRules) -> Self {
+        Installed {
+            chains: f
+                .chains
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+            sets: f
+                .sets
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.members.clone())))
+                .collect(),
+        }
+    }
+}
+
+/// The smallest update from `old` to `new` for one family, in the order apply
+/// runs it: sets created and updated, then chains (one atomic restore), then
+/// stale sets destroyed (no rule references them any more).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// `ipset restore -exist` lines: new sets created and filled, changed sets
+    /// updated (host-prefix deltas as add/del, anything else built and swapped).
+    pub ipset_before: Vec<String>,
+    /// `iptables-restore --noflush` input, `None` when no chain changed.
+    pub iptables: Option<String>,
+    /// `ipset restore -exist` lines destroying sets no longer used.
+    pub ipset_after: Vec<String>,
+    pub chains_written: usize,
+    pub chains_removed: usize,
+    pub sets_created: usize,
+    pub sets_updated: usize,
+    pub sets_removed: usize,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.ipset_before.is_empty() && self.iptables.is_none() && self.ipset_after.is_empty()
+    }
+}
+
+fn is_host(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
+}
+
+/// Computes the update from what is installed to the new state.
+pub fn delta(old: &Installed, new: &FamilyRules) -> Delta {
+    let mut d = Delta::default();
+    for (name, set) in &new.sets {
+        match old.sets.get(name) {
+            None => {
+                d.sets_created += 1;
+                d.ipset_before.push(set_create_line(name, new.family));
+                d.ipset_before.push(format!("flush {name}"));
+                for (net, nomatch) in &set.members {
+                    d.ipset_before.push(set_add_line(name, net, *nomatch));
+                }
+            }
+            Some(Some(members)) if *members == set.members => {}
+            Some(Some(members)) => {
+                d.sets_updated += 1;
+                let removed: Vec<&IpNet> = members
+                    .keys()
+                    .filter(|n| !set.members.contains_key(n))
+                    .collect();
+                let added: Vec<(&IpNet, bool)> = set
+                    .members
+                    .iter()
+                    .filter(|(n, _)| !members.contains_key(n))
+                    .map(|(n, f)| (n, *f))
+                    .collect();
+                let flag_changed = set
+                    .members
+                    .iter()
+                    .any(|(n, f)| members.get(n).is_some_and(|old| old != f));
+                let host_only = !flag_changed
+                    && removed.iter().all(|n| is_host(n))
+                    && added.iter().all(|(n, _)| is_host(n));
+                if host_only {
+                    // A host prefix is the most specific entry for its one address,
+                    // so adding or deleting it flips that address from its old to its
+                    // new membership and touches no other: atomic per address.
+                    for n in removed {
+                        d.ipset_before.push(format!("del {name} {n}"));
+                    }
+                    for (n, f) in added {
+                        d.ipset_before.push(set_add_line(name, n, f));
+                    }
+                } else {
+                    d.ipset_before
+                        .extend(set_build_and_swap(name, new.family, &set.members));
+                }
+            }
+            Some(None) => {
+                d.sets_updated += 1;
+                d.ipset_before
+                    .extend(set_build_and_swap(name, new.family, &set.members));
+            }
+        }
+    }
+    let mut declare = Vec::new();
+    let mut rules = Vec::new();
+    let mut remove = Vec::new();
+    for (name, lines) in &new.chains {
+        let same = matches!(old.chains.get(name), Some(Some(old_lines)) if old_lines == lines);
+        if !same {
+            d.chains_written += 1;
+            declare.push(format!(":{name} - [0:0]"));
+            rules.extend(lines.iter().cloned());
+        }
+    }
+    for name in old.chains.keys() {
+        if !new.chains.contains_key(name) {
+            d.chains_removed += 1;
+            declare.push(format!(":{name} - [0:0]"));
+            remove.push(format!("-X {name}"));
+        }
+    }
+    if !declare.is_empty() {
+        let mut text = String::from("*filter\n");
+        for l in declare.iter().chain(&rules).chain(&remove) {
+            text.push_str(l);
+            text.push('\n');
+        }
+        text.push_str("COMMIT\n");
+        d.iptables = Some(text);
+    }
+    for name in old.sets.keys() {
+        if !new.sets.contains_key(name) {
+            d.sets_removed += 1;
+            d.ipset_after.push(format!("destroy {name}"));
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test net")
+    }
+
+    fn set(family: Family, entries: &[&str], except: &[&str]) -> AddressSet {
+        AddressSet {
+            name: "s".into(),
+            family,
+            entries: entries.iter().map(|s| net(s)).collect(),
+            except: except.iter().map(|s| net(s)).collect(),
+        }
+    }
+
+    /// ipset semantics over members: the most specific matching member decides.
+    fn ipset_contains(members: &Members, ip: IpAddr) -> bool {
+        members
+            .iter()
+            .filter(|(n, _)| n.contains(&ip))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .is_some_and(|(_, nomatch)| !nomatch)
+    }
+
+    #[test]
+    fn members_match_contains() {
+        let cases = [
+            set(Family::IPv4, &["0.0.0.0/0"], &["10.0.0.0/8"]),
+            set(Family::IPv4, &["0.0.0.0/0", "0.0.0.0/1"], &["0.0.0.0/0"]),
+            set(Family::IPv4, &["0.0.0.0/0"], &["0.0.0.0/1"]),
+            set(Family::IPv4, &["10.0.0.0/8"], &["10.0.0.0/8"]),
+            set(
+                Family::IPv4,
+                &["10.0.0.0/8", "10.1.2.0/24"],
+                &["10.1.0.0/16"],
+            ),
+            set(Family::IPv4, &["10.0.0.5/8"], &[]),
+            set(Family::IPv6, &["::/0"], &["fd00::/8", "2001:db8::/32"]),
+        ];
+        let ips: Vec<IpAddr> = [
+            "0.0.0.1",
+            "1.2.3.4",
+            "10.0.0.1",
+            "10.1.0.1",
+            "10.1.2.3",
+            "127.0.0.1",
+            "128.0.0.1",
+            "200.1.1.1",
+            "255.255.255.255",
+            "::1",
+            "fd00::1",
+            "2001:db8::1",
+            "8000::1",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+        for s in &cases {
+            let m = set_members(s);
+            assert!(m.keys().all(|n| n.prefix_len() > 0), "{s:?}");
+            for ip in &ips {
+                if Family::of(ip) != s.family {
+                    continue;
+                }
+                assert_eq!(ipset_contains(&m, *ip), s.contains(*ip), "{s:?} {ip}");
+            }
+        }
+    }
+
+    #[test]
+    fn ports_merge_and_chunk() {
+        let r = |s, e| PortRange {
+            protocol: Protocol::Tcp,
+            start: s,
+            end: e,
+        };
+        assert_eq!(
+            port_specs(&[r(80, 80), r(81, 90)], Family::IPv4),
+            vec!["-p tcp -m tcp --dport 80:90"]
+        );
+        let many: Vec<PortRange> = (0..20).map(|i| r(i * 10, i * 10)).collect();
+        let specs = port_specs(&many, Family::IPv4);
+        assert_eq!(specs.len(), 2);
+        assert!(specs[0].contains("--dports 0,10,20"));
+    }
+
+    #[test]
+    fn comment_round_trip() {
+        let c = "P0011223344556677R3I pal:admin:ANP:ns/x:3:allow-dns:Accept";
+        let p = parse_comment(c).expect("parses");
+        assert_eq!(p.short_id, "P0011223344556677R3I");
+        assert_eq!(p.rule_index, Some(3));
+        assert_eq!(p.rule_name.as_deref(), Some("allow-dns"));
+        assert_eq!(p.action, Action::Accept);
+        let d = parse_comment("T00R pal:baseline:default:egress:Deny").expect("parses");
+        assert_eq!(d.kind, None);
+        assert_eq!(d.action, Action::Deny);
+    }
+}
