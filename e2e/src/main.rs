@@ -1,1 +1,160 @@
-fn main() {}
+//! `e2e`: run scenario files against the real dataplane in network namespaces.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use e2e::probe::{Line, Target, Timing};
+use e2e::runner::{self, Options, Output};
+use e2e::serve::Port;
+
+#[derive(Parser)]
+#[command(name = "e2e", about = "Palisade's network-namespace lab (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files (or folders of them) against real enforcers and real packets.
+    Run {
+        /// Scenario files, or folders whose *.yaml / *.yml files are run in name order.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, short, value_enum, default_value = "plain")]
+        output: Output,
+        /// The palisade-enforcer binary (default: next to this binary).
+        #[arg(long)]
+        enforcer: Option<PathBuf>,
+        /// Run without enforcers (only scenarios without policies make sense).
+        #[arg(long)]
+        no_enforcer: bool,
+        /// Compare the kernel's verdicts with the engine's and report disagreements.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        engine_check: bool,
+        /// Probe timeout in milliseconds (TCP/SCTP connect, UDP all tries).
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// Remove the namespaces (and what runs in them) left by any lab run (`pal-*`).
+    Cleanup,
+    /// Serve ports in the current namespace (used by the lab).
+    #[command(hide = true)]
+    Serve {
+        /// `tcp:80`, `udp:53`, `sctp:9000`.
+        ports: Vec<String>,
+        #[arg(long, default_value_t = 3600)]
+        max_seconds: u64,
+    },
+    /// Probe targets from the current namespace (used by the lab).
+    #[command(hide = true)]
+    Probe {
+        /// `tcp:10.0.0.1:80`, `udp:[fd00::1]:53`.
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 3)]
+        udp_tries: u32,
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { ports, max_seconds } => {
+            let parsed: Option<Vec<Port>> = ports.iter().map(|p| Port::parse(p)).collect();
+            let Some(parsed) = parsed else {
+                eprintln!("e2e serve: bad port in {ports:?} (want PROTO:PORT)");
+                return ExitCode::from(2);
+            };
+            match e2e::serve::serve(&parsed, Duration::from_secs(max_seconds)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("e2e serve: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Probe {
+            targets,
+            timeout_ms,
+            udp_tries,
+            parallel,
+        } => {
+            let parsed: Option<Vec<Target>> = targets.iter().map(|t| Target::parse(t)).collect();
+            let Some(parsed) = parsed else {
+                eprintln!("e2e probe: bad target in {targets:?} (want PROTO:ADDR:PORT)");
+                return ExitCode::from(2);
+            };
+            let timing = Timing {
+                timeout: Duration::from_millis(timeout_ms),
+                udp_tries,
+            };
+            let outcomes = e2e::probe::probe_all(&parsed, timing, parallel);
+            for (t, outcome) in parsed.iter().zip(outcomes) {
+                let line = Line {
+                    target: t.arg(),
+                    outcome,
+                };
+                match serde_json::to_string(&line) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("e2e probe: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Cleanup => {
+            e2e::signals::install();
+            let (removed, errors) = e2e::netns::delete_all(e2e::netns::PREFIX);
+            for ns in &removed {
+                println!("removed {ns}");
+            }
+            for e in &errors {
+                eprintln!("error: {e:#}");
+            }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Run {
+            paths,
+            output,
+            enforcer,
+            no_enforcer,
+            engine_check,
+            timeout_ms,
+        } => {
+            e2e::signals::install();
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    eprintln!("error: cannot find this binary: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut opts = Options::new(exe);
+            opts.engine_check = engine_check;
+            opts.timing.timeout = Duration::from_millis(timeout_ms);
+            if !no_enforcer {
+                match e2e::enforcer::find_binary(enforcer.as_deref(), &opts.exe) {
+                    Ok(p) => opts.enforcer = Some(p),
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            ExitCode::from(runner::run_all(&paths, output, &opts))
+        }
+    }
+}
