@@ -50,6 +50,9 @@ pub struct Enforcer {
     pub log: PathBuf,
     lines: Receiver<String>,
     pub version: u64,
+    /// The `{"error":...}` lines it printed (failed applies, rules enforced
+    /// fail-closed).
+    pub errors: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -93,6 +96,7 @@ impl Enforcer {
             log,
             lines: rx,
             version: rules.version,
+            errors: Vec::new(),
         };
         enforcer.wait_applied(lab, rules.version, APPLY_TIMEOUT)?;
         Ok(enforcer)
@@ -118,6 +122,11 @@ impl Enforcer {
                         if a.applied_version >= version {
                             return Ok(());
                         }
+                    }
+                    let value: serde_json::Value =
+                        serde_json::from_str(line.trim()).unwrap_or_default();
+                    if value.get("error").is_some() {
+                        self.errors.push(line.trim().to_string());
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -147,15 +156,24 @@ impl Enforcer {
         }
     }
 
-    /// The last lines of the enforcer's stderr, for error messages.
+    /// The enforcer's last errors and the last lines of its stderr, for error
+    /// messages.
     pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        if !self.errors.is_empty() {
+            let start = self.errors.len().saturating_sub(5);
+            out = format!(
+                "\n  enforcer said:\n    {}",
+                self.errors[start..].join("\n    ")
+            );
+        }
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         if lines.is_empty() {
-            return String::new();
+            return out;
         }
         let start = lines.len().saturating_sub(15);
-        format!(
+        out + &format!(
             "\n  enforcer log ({}):\n    {}",
             self.log.display(),
             lines[start..].join("\n    ")

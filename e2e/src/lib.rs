@@ -9,6 +9,7 @@
 //!
 //! Nothing else depends on this crate.
 
+pub mod demo;
 pub mod enforcer;
 pub mod netns;
 pub mod policies;

@@ -39,6 +39,26 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// The testweb / testcurl walkthrough, step by step, on one running lab.
+    Demo {
+        /// The folder with walkthrough-{1,2,3}-*.yaml (default: e2e/scenarios).
+        #[arg(long)]
+        scenarios: Option<PathBuf>,
+        /// The palisade-enforcer binary (default: next to this binary).
+        #[arg(long)]
+        enforcer: Option<PathBuf>,
+    },
+    /// Build one scenario's lab (servers and enforcers running) and keep it up for
+    /// inspection (`ip netns exec NS ...`) until Ctrl-C or --seconds.
+    Up {
+        path: PathBuf,
+        #[arg(long)]
+        enforcer: Option<PathBuf>,
+        #[arg(long)]
+        no_enforcer: bool,
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+    },
     /// Remove the namespaces (and what runs in them) left by any lab run (`pal-*`).
     Cleanup,
     /// Serve ports in the current namespace (used by the lab).
@@ -135,26 +155,95 @@ fn main() -> ExitCode {
             timeout_ms,
         } => {
             e2e::signals::install();
-            let exe = match std::env::current_exe() {
-                Ok(exe) => exe,
-                Err(e) => {
-                    eprintln!("error: cannot find this binary: {e}");
-                    return ExitCode::from(2);
-                }
+            let mut opts = match options(enforcer, no_enforcer) {
+                Ok(o) => o,
+                Err(code) => return code,
             };
-            let mut opts = Options::new(exe);
             opts.engine_check = engine_check;
             opts.timing.timeout = Duration::from_millis(timeout_ms);
-            if !no_enforcer {
-                match e2e::enforcer::find_binary(enforcer.as_deref(), &opts.exe) {
-                    Ok(p) => opts.enforcer = Some(p),
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return ExitCode::from(2);
-                    }
-                }
-            }
             ExitCode::from(runner::run_all(&paths, output, &opts))
         }
+        Command::Demo {
+            scenarios,
+            enforcer,
+        } => {
+            e2e::signals::install();
+            let opts = match options(enforcer, false) {
+                Ok(o) => o,
+                Err(code) => return code,
+            };
+            let dir = scenarios.unwrap_or_else(e2e::demo::default_dir);
+            let result = e2e::demo::check_dir(&dir).and_then(|()| e2e::demo::run(&dir, &opts));
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Up {
+            path,
+            enforcer,
+            no_enforcer,
+            seconds,
+        } => {
+            e2e::signals::install();
+            let opts = match options(enforcer, no_enforcer) {
+                Ok(o) => o,
+                Err(code) => return code,
+            };
+            match up(&path, &opts, Duration::from_secs(seconds)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
+}
+
+/// The run options: this binary, the enforcer found (unless not wanted).
+fn options(enforcer: Option<PathBuf>, no_enforcer: bool) -> Result<Options, ExitCode> {
+    let exe = std::env::current_exe().map_err(|e| {
+        eprintln!("error: cannot find this binary: {e}");
+        ExitCode::from(2)
+    })?;
+    let mut opts = Options::new(exe);
+    if !no_enforcer {
+        let found = e2e::enforcer::find_binary(enforcer.as_deref(), &opts.exe).map_err(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        })?;
+        opts.enforcer = Some(found);
+    }
+    Ok(opts)
+}
+
+fn up(path: &std::path::Path, opts: &Options, keep: Duration) -> anyhow::Result<()> {
+    let loaded = runner::load(path)?;
+    let mut lab = runner::ScenarioLab::build(&loaded.scenario, opts)?;
+    lab.start_enforcers(&loaded.cluster, opts)?;
+    println!("lab {} is up:", lab.lab.run_id);
+    println!("  fabric  {}", lab.lab.fabric);
+    for n in &lab.lab.nodes {
+        println!("  node    {:<24} {} ({}, {})", n.name, n.ns, n.v4, n.v6);
+    }
+    for (e, ns) in loaded.scenario.endpoints.iter().zip(&lab.endpoint_ns) {
+        let ips: Vec<String> = e.ips.iter().map(|ip| ip.to_string()).collect();
+        println!("  {:<32} {ns} ({})", e.name, ips.join(", "));
+    }
+    for e in &lab.enforcers {
+        println!(
+            "  enforcer of {}: state {}, log {}",
+            e.node,
+            e.state.display(),
+            e.log.display()
+        );
+    }
+    println!("Ctrl-C removes it (or it goes after {}s).", keep.as_secs());
+    std::thread::sleep(keep);
+    lab.teardown()
 }

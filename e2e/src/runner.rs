@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use palisade_policy::compile::compile_node;
 use palisade_policy::engine::Engine;
-use palisade_policy::model::{Cluster, Node, Policy, Protocol, Tier};
+use palisade_policy::model::{Cluster, Node, Protocol};
 use palisade_policy::scenario::{summary_line, EndpointKind, Outcome, Scenario};
 
 use crate::enforcer::Enforcer;
@@ -83,16 +83,23 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// Reads and parses a scenario file, naming the file in errors.
-pub fn load(path: &Path) -> Result<Scenario> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    Scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+/// A scenario file, parsed, with its policies converted: the cluster it describes.
+pub struct Loaded {
+    pub scenario: Scenario,
+    pub cluster: Cluster,
 }
 
-/// Converts the scenario's `policies` text into the engine's policies and tiers.
-pub fn convert(scenario: &Scenario) -> Result<(Vec<Policy>, Vec<Tier>)> {
-    crate::policies::convert(&scenario.policies)
+/// Reads a scenario file and converts its policies, naming the file in errors
+/// (as `palisade test` does).
+pub fn load(path: &Path) -> Result<Loaded> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let scenario =
+        Scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let (policies, tiers) = crate::policies::convert(&scenario.policies)
+        .map_err(|e| anyhow::anyhow!("{}: policies: {e:#}", path.display()))?;
+    let cluster = scenario.cluster(policies, tiers);
+    Ok(Loaded { scenario, cluster })
 }
 
 /// Files as given, folders as their `*.yaml` / `*.yml` files in name order.
@@ -129,8 +136,8 @@ pub fn run_all(paths: &[PathBuf], output: Output, opts: &Options) -> u8 {
     let mut disagreed = false;
     for file in expand(paths) {
         let result = file.and_then(|f| {
-            let scenario = load(&f)?;
-            run_scenario(&scenario, opts).with_context(|| format!("{}", f.display()))
+            let loaded = load(&f)?;
+            run_scenario(&loaded, opts).with_context(|| format!("{}", f.display()))
         });
         match result {
             Ok(report) => {
@@ -177,13 +184,12 @@ pub fn run_all(paths: &[PathBuf], output: Output, opts: &Options) -> u8 {
 }
 
 /// Runs one scenario in a fresh lab (removed before returning).
-pub fn run_scenario(scenario: &Scenario, opts: &Options) -> Result<Report> {
+pub fn run_scenario(loaded: &Loaded, opts: &Options) -> Result<Report> {
     let start = Instant::now();
-    let (policies, tiers) = convert(scenario)?;
-    let cluster = scenario.cluster(policies, tiers);
-    let engine = Engine::new(cluster.clone()).context("building the engine")?;
+    let scenario = &loaded.scenario;
+    let engine = Engine::new(loaded.cluster.clone()).context("building the engine")?;
     let mut lab = ScenarioLab::build(scenario, opts)?;
-    lab.start_enforcers(&cluster, opts)?;
+    lab.start_enforcers(&loaded.cluster, opts)?;
     let observed = lab.probe(scenario, opts)?;
     let disagreements = if opts.engine_check {
         disagreements(scenario, &scenario.evaluate(&engine), &observed)
