@@ -235,7 +235,7 @@ fn random_state(rng: &mut Rng, version: u64, ips: &[String], local: usize) -> No
         range(Protocol::Udp, 80, 80),
         range(Protocol::Icmp, 0, 0),
     ];
-    let mut rules = |rng: &mut Rng, np: bool| -> Vec<CompiledRule> {
+    let rules = |rng: &mut Rng, np: bool| -> Vec<CompiledRule> {
         (0..rng.below(4))
             .map(|index| {
                 let action = if np {
