@@ -15,6 +15,7 @@ pub mod netns;
 pub mod policies;
 pub mod probe;
 pub mod runner;
+pub mod sctp;
 pub mod serve;
 pub mod signals;
 pub mod sock;

@@ -38,6 +38,10 @@ enum Command {
         /// Probe timeout in milliseconds (TCP/SCTP connect, UDP all tries).
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// Without kernel SCTP sockets, probe SCTP with a raw INIT / INIT ACK
+        /// exchange (real SCTP packets through the real rules) instead of failing.
+        #[arg(long)]
+        sctp_raw: bool,
     },
     /// The testweb / testcurl walkthrough, step by step, on one running lab.
     Demo {
@@ -68,6 +72,8 @@ enum Command {
         ports: Vec<String>,
         #[arg(long, default_value_t = 3600)]
         max_seconds: u64,
+        #[arg(long)]
+        sctp_raw: bool,
     },
     /// Probe targets from the current namespace (used by the lab).
     #[command(hide = true)]
@@ -80,19 +86,25 @@ enum Command {
         udp_tries: u32,
         #[arg(long, default_value_t = 32)]
         parallel: usize,
+        #[arg(long)]
+        sctp_raw: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { ports, max_seconds } => {
+        Command::Serve {
+            ports,
+            max_seconds,
+            sctp_raw,
+        } => {
             let parsed: Option<Vec<Port>> = ports.iter().map(|p| Port::parse(p)).collect();
             let Some(parsed) = parsed else {
                 eprintln!("e2e serve: bad port in {ports:?} (want PROTO:PORT)");
                 return ExitCode::from(2);
             };
-            match e2e::serve::serve(&parsed, Duration::from_secs(max_seconds)) {
+            match e2e::serve::serve(&parsed, Duration::from_secs(max_seconds), sctp_raw) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("e2e serve: {e:#}");
@@ -105,6 +117,7 @@ fn main() -> ExitCode {
             timeout_ms,
             udp_tries,
             parallel,
+            sctp_raw,
         } => {
             let parsed: Option<Vec<Target>> = targets.iter().map(|t| Target::parse(t)).collect();
             let Some(parsed) = parsed else {
@@ -114,6 +127,7 @@ fn main() -> ExitCode {
             let timing = Timing {
                 timeout: Duration::from_millis(timeout_ms),
                 udp_tries,
+                sctp_raw,
             };
             let outcomes = e2e::probe::probe_all(&parsed, timing, parallel);
             for (t, outcome) in parsed.iter().zip(outcomes) {
@@ -153,6 +167,7 @@ fn main() -> ExitCode {
             no_enforcer,
             engine_check,
             timeout_ms,
+            sctp_raw,
         } => {
             e2e::signals::install();
             let mut opts = match options(enforcer, no_enforcer) {
@@ -161,6 +176,7 @@ fn main() -> ExitCode {
             };
             opts.engine_check = engine_check;
             opts.timing.timeout = Duration::from_millis(timeout_ms);
+            opts.timing.sctp_raw = sctp_raw;
             ExitCode::from(runner::run_all(&paths, output, &opts))
         }
         Command::Demo {

@@ -61,6 +61,8 @@ pub struct Timing {
     /// TCP/SCTP connect and read; UDP: the whole of its tries.
     pub timeout: Duration,
     pub udp_tries: u32,
+    /// Without kernel SCTP, probe SCTP with a raw INIT / INIT ACK exchange.
+    pub sctp_raw: bool,
 }
 
 impl Default for Timing {
@@ -68,6 +70,7 @@ impl Default for Timing {
         Timing {
             timeout: Duration::from_millis(1000),
             udp_tries: 3,
+            sctp_raw: false,
         }
     }
 }
@@ -76,6 +79,9 @@ impl Default for Timing {
 pub fn probe(target: Target, timing: Timing) -> Outcome {
     match target.proto {
         Proto::Udp => probe_udp(target.addr, timing),
+        Proto::Sctp if timing.sctp_raw && !sock::sctp_available() => {
+            crate::sctp::probe(target.addr, timing.timeout)
+        }
         proto => probe_stream(proto, target.addr, timing.timeout),
     }
 }
@@ -205,6 +211,7 @@ pub fn probe_from(
         .arg(timing.udp_tries.to_string())
         .arg("--parallel")
         .arg(parallel.to_string())
+        .args(timing.sctp_raw.then_some("--sctp-raw"))
         .args(targets.iter().map(Target::arg));
     let mut child = crate::netns::in_netns(cmd, ns)?
         .stdin(Stdio::null())

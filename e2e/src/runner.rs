@@ -242,7 +242,8 @@ pub struct ScenarioLab {
     /// The namespace of each scenario endpoint.
     pub endpoint_ns: Vec<String>,
     pub enforcers: Vec<Enforcer>,
-    pub sctp: bool,
+    /// How SCTP is served: `kernel`, `raw` or `none`.
+    pub sctp: String,
     dir: Option<PathBuf>,
     synthetic: Option<String>,
 }
@@ -252,11 +253,12 @@ impl ScenarioLab {
     pub fn build(scenario: &Scenario, opts: &Options) -> Result<ScenarioLab> {
         let sctp_needed = scenario.probes.iter().any(|p| p.protocol == Protocol::Sctp);
         let sctp = crate::sock::sctp_available();
-        if sctp_needed && !sctp {
+        if sctp_needed && !sctp && !opts.timing.sctp_raw {
             bail!(
                 "scenario {} probes SCTP, but this kernel has no SCTP sockets \
                  (CONFIG_IP_SCTP is off or the sctp module cannot be loaded); \
-                 SCTP probes cannot be run here",
+                 SCTP probes cannot be run here (--sctp-raw probes with a raw \
+                 INIT / INIT ACK exchange instead)",
                 scenario.name
             );
         }
@@ -323,27 +325,30 @@ impl ScenarioLab {
             node_names,
             endpoint_ns,
             enforcers: Vec::new(),
-            sctp,
+            sctp: String::new(),
             dir: None,
             synthetic,
         };
-        this.start_servers(&serve_ports(scenario), &opts.exe)?;
+        this.start_servers(&serve_ports(scenario), opts)?;
         Ok(this)
     }
 
-    fn start_servers(&mut self, ports: &[Port], exe: &Path) -> Result<()> {
+    fn start_servers(&mut self, ports: &[Port], opts: &Options) -> Result<()> {
         let namespaces: BTreeSet<&String> = self.endpoint_ns.iter().collect();
         let mut started = Vec::new();
         for ns in namespaces {
-            let mut cmd = std::process::Command::new(exe);
+            let mut cmd = std::process::Command::new(&opts.exe);
             cmd.arg("serve").args(ports.iter().map(Port::arg));
+            if opts.timing.sctp_raw {
+                cmd.arg("--sctp-raw");
+            }
             let spawned = self.lab.spawn(ns, cmd)?;
             started.push((ns.clone(), spawned.stdout));
         }
         for (ns, stdout) in started {
             let ready = serve::wait_ready(stdout, Duration::from_secs(10))
                 .with_context(|| format!("server in {ns}"))?;
-            self.sctp &= ready.sctp;
+            self.sctp = ready.sctp;
         }
         Ok(())
     }

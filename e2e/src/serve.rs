@@ -5,6 +5,7 @@
 //! It prints one JSON line when every socket is bound (`{"ready":true,"sctp":B}`),
 //! then serves until killed or until `max_lifetime` has passed.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ChildStdout;
@@ -43,15 +44,38 @@ impl Port {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ready {
     pub ready: bool,
-    pub sctp: bool,
+    /// SCTP is served: `kernel` sockets, `raw` INIT / INIT ACK, or `none`.
+    pub sctp: String,
 }
 
-/// Runs the server (the `serve` subcommand).
-pub fn serve(ports: &[Port], max_lifetime: Duration) -> Result<()> {
-    let sctp = sock::sctp_available();
-    let mut socks: Vec<(Proto, OwnedFd)> = Vec::new();
+/// What a socket of the server is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Stream,
+    Udp,
+    RawSctp { v6: bool },
+}
+
+/// Runs the server (the `serve` subcommand). Without kernel SCTP, `sctp_raw`
+/// answers SCTP INITs over raw sockets instead (see [`crate::sctp`]).
+pub fn serve(ports: &[Port], max_lifetime: Duration, sctp_raw: bool) -> Result<()> {
+    let kernel_sctp = sock::sctp_available();
+    let mut socks: Vec<(Kind, OwnedFd)> = Vec::new();
+    let raw_ports: BTreeSet<u16> = ports
+        .iter()
+        .filter(|p| p.proto == Proto::Sctp)
+        .map(|p| p.port)
+        .collect();
+    let mut sctp = if kernel_sctp { "kernel" } else { "none" };
+    if !kernel_sctp && sctp_raw && !raw_ports.is_empty() {
+        for v6 in [false, true] {
+            let fd = crate::sctp::raw_socket(v6).context("raw SCTP socket")?;
+            socks.push((Kind::RawSctp { v6 }, fd));
+        }
+        sctp = "raw";
+    }
     for p in ports {
-        if p.proto == Proto::Sctp && !sctp {
+        if p.proto == Proto::Sctp && !kernel_sctp {
             continue;
         }
         for v6 in [false, true] {
@@ -63,10 +87,18 @@ pub fn serve(ports: &[Port], max_lifetime: Duration) -> Result<()> {
                     if v6 { "IPv6" } else { "IPv4" }
                 )
             })?;
-            socks.push((p.proto, fd));
+            let kind = if p.proto == Proto::Udp {
+                Kind::Udp
+            } else {
+                Kind::Stream
+            };
+            socks.push((kind, fd));
         }
     }
-    let ready = serde_json::to_string(&Ready { ready: true, sctp })?;
+    let ready = serde_json::to_string(&Ready {
+        ready: true,
+        sctp: sctp.to_string(),
+    })?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{ready}")?;
@@ -92,14 +124,15 @@ pub fn serve(ports: &[Port], max_lifetime: Duration) -> Result<()> {
             }
             bail!("poll: {e}");
         }
-        for (pfd, (proto, _)) in pfds.iter_mut().zip(&socks) {
+        for (pfd, (kind, _)) in pfds.iter_mut().zip(&socks) {
             if pfd.revents == 0 {
                 continue;
             }
             pfd.revents = 0;
-            match proto {
-                Proto::Udp => echo(pfd.fd, &mut buf),
-                _ => greet(pfd.fd),
+            match kind {
+                Kind::Udp => echo(pfd.fd, &mut buf),
+                Kind::Stream => greet(pfd.fd),
+                Kind::RawSctp { v6 } => crate::sctp::respond(pfd.fd, *v6, &raw_ports, &mut buf),
             }
         }
     }

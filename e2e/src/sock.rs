@@ -144,8 +144,12 @@ impl RawAddr {
         }
     }
 
-    fn ptr(&self) -> *const libc::sockaddr {
+    pub fn ptr(&self) -> *const libc::sockaddr {
         &self.storage as *const libc::sockaddr_storage as *const libc::sockaddr
+    }
+
+    pub fn socklen(&self) -> libc::socklen_t {
+        self.len
     }
 }
 
