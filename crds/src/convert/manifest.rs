@@ -267,8 +267,8 @@ pub(crate) fn first_unknown_field(
     }
 }
 
-/// The line (from 1) each of `count` documents starts at, when it can be told from the `---`
-/// separators; `None` otherwise.
+/// The line (from 1) each of `count` documents starts at (the line after its `---`), when it
+/// can be told from the separators; `None` otherwise.
 pub(crate) fn document_starts(yaml: &str, count: usize) -> Vec<Option<usize>> {
     let separators: Vec<usize> = yaml
         .lines()
@@ -277,7 +277,8 @@ pub(crate) fn document_starts(yaml: &str, count: usize) -> Vec<Option<usize>> {
             line.strip_prefix("---")
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
         })
-        .map(|(i, _)| i + 1)
+        // The document's first line is the one after its separator (lines count from 1).
+        .map(|(i, _)| i + 2)
         .collect();
     if separators.len() == count {
         separators.into_iter().map(Some).collect()
