@@ -33,10 +33,11 @@ use palisade_policy::compiled::NodeRuleSet;
 use palisade_policy::model::Family;
 use serde::Serialize;
 
+use crate::check::check;
 use crate::error::{ApplyError, RuleIssue};
 use crate::eval::{Evaluator, Flow, Verdict, L4};
 use crate::names::{is_our_chain, is_our_set, CHAIN_FORWARD, HOOK_COMMENT, TEMP_SET_SUFFIX};
-use crate::render::{delta, render, Delta, Installed, Members, RenderOptions};
+use crate::render::{delta, render_checked, Delta, Installed, Members, RenderOptions};
 
 /// Which iptables implementation to drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -144,13 +145,15 @@ impl Enforcer {
     /// enforcer installed last.
     pub fn apply(&mut self, rs: &NodeRuleSet) -> Result<ApplyReport, ApplyError> {
         let start = Instant::now();
-        let rendered = render(
-            rs,
+        let (checked, issues) = check(rs)?;
+        let rendered = render_checked(
+            &checked,
+            issues,
             &RenderOptions {
                 reject: self.opts.reject,
             },
         )?;
-        let evaluator = Evaluator::new(rs)?;
+        let evaluator = Evaluator::from_checked(checked.into_owned());
         let first = self.installed.is_none();
         let (installed, leftovers) = match self.installed.take() {
             Some(i) => (i, Vec::new()),
@@ -567,7 +570,13 @@ impl CtKey {
     }
 }
 
+/// The conntrack table of this thread's namespace: from
+/// `/proc/thread-self/net/nf_conntrack` when the kernel has it (no process to
+/// start; same format as `conntrack -o extended`), else `conntrack -L`.
 fn list_conntrack() -> Result<Vec<CtEntry>, ApplyError> {
+    if let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/nf_conntrack") {
+        return Ok(text.lines().filter_map(parse_conntrack_line).collect());
+    }
     let mut out = Vec::new();
     for family in ["ipv4", "ipv6"] {
         let text = run("conntrack", &["-L", "-f", family, "-o", "extended"], None)?;

@@ -8,6 +8,7 @@
 //! becomes a Deny of everything in its direction. Both render and eval work on the
 //! checked copy, so they can never disagree about such a rule.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use palisade_policy::compiled::{CompiledRule, NodeRuleSet, RuleMatch, FORMAT_VERSION};
@@ -17,7 +18,7 @@ use crate::error::{RenderError, RuleIssue};
 
 /// Checks `rs` and returns a copy where faulty rules are made fail-closed, with
 /// one issue per such rule.
-pub fn check(rs: &NodeRuleSet) -> Result<(NodeRuleSet, Vec<RuleIssue>), RenderError> {
+pub fn check(rs: &NodeRuleSet) -> Result<(Cow<'_, NodeRuleSet>, Vec<RuleIssue>), RenderError> {
     if rs.format != FORMAT_VERSION {
         return Err(RenderError::Format {
             found: rs.format,
@@ -84,6 +85,16 @@ pub fn check(rs: &NodeRuleSet) -> Result<(NodeRuleSet, Vec<RuleIssue>), RenderEr
         }
     }
 
+    // Copy only when some rule has to be rewritten (the common case is none).
+    let faulty = rs.policies.iter().any(|p| {
+        p.ingress
+            .iter()
+            .chain(&p.egress)
+            .any(|r| rule_fault(r, rs.sets.len()).is_some())
+    });
+    if !faulty {
+        return Ok((Cow::Borrowed(rs), Vec::new()));
+    }
     let mut out = rs.clone();
     let mut issues = Vec::new();
     for policy in &mut out.policies {
@@ -105,7 +116,7 @@ pub fn check(rs: &NodeRuleSet) -> Result<(NodeRuleSet, Vec<RuleIssue>), RenderEr
             }
         }
     }
-    Ok((out, issues))
+    Ok((Cow::Owned(out), issues))
 }
 
 fn rule_fault(rule: &CompiledRule, n_sets: usize) -> Option<String> {

@@ -84,7 +84,14 @@ enum TierOutcome {
 impl Evaluator {
     pub fn new(rs: &NodeRuleSet) -> Result<Self, RenderError> {
         let (rs, _issues) = check(rs)?;
-        Ok(Evaluator { rs })
+        Ok(Evaluator {
+            rs: rs.into_owned(),
+        })
+    }
+
+    /// An evaluator over a rule set that [`check`] returned.
+    pub(crate) fn from_checked(rs: NodeRuleSet) -> Self {
+        Evaluator { rs }
     }
 
     pub fn rule_set(&self) -> &NodeRuleSet {

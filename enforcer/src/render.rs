@@ -134,9 +134,18 @@ pub struct Rendered {
 /// Renders a node's rule set. Errors refuse the whole rule set.
 pub fn render(rs: &NodeRuleSet, opts: &RenderOptions) -> Result<Rendered, RenderError> {
     let (rs, issues) = check(rs)?;
+    render_checked(&rs, issues, opts)
+}
+
+/// Renders a rule set that [`check`] returned.
+pub(crate) fn render_checked(
+    rs: &NodeRuleSet,
+    issues: Vec<RuleIssue>,
+    opts: &RenderOptions,
+) -> Result<Rendered, RenderError> {
     let mut ids = BTreeMap::new();
-    let ipv4 = FamilyRenderer::new(&rs, Family::IPv4, *opts, &mut ids).run()?;
-    let ipv6 = FamilyRenderer::new(&rs, Family::IPv6, *opts, &mut ids).run()?;
+    let ipv4 = FamilyRenderer::new(rs, Family::IPv4, *opts, &mut ids).run()?;
+    let ipv6 = FamilyRenderer::new(rs, Family::IPv6, *opts, &mut ids).run()?;
     Ok(Rendered {
         version: rs.version,
         ipv4,
