@@ -1,0 +1,122 @@
+//! The `palisade-enforcer` binary, run as the lab runs it: `ip netns exec NODE …`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
+
+fn write_state(path: &std::path::Path, state: &palisade_enforcer::NodeRuleSet) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(state).expect("json")).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("palisade-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+#[test]
+fn apply_render_cleanup() {
+    if !can_netns("cli apply_render_cleanup") {
+        return;
+    }
+    let ns = Netns::new("cli");
+    let dir = temp_dir("apply");
+    let state_path = dir.join("state.json");
+    write_state(&state_path, &sample_state(7, 0));
+    let state = state_path.display().to_string();
+
+    let out = sh(&format!("{BIN} render --state {state}"));
+    assert!(
+        out.contains("*filter") && out.contains("create PAL-"),
+        "{out}"
+    );
+
+    let out = sh(&format!(
+        "ip netns exec {} {BIN} apply --state {state}",
+        ns.name
+    ));
+    let first: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("a line")).expect("json line");
+    assert_eq!(first["applied_version"], 7, "{out}");
+    assert!(ns
+        .exec("iptables-save -t filter")
+        .contains("-j PALISADE-FORWARD"));
+
+    let (ok, out) = try_sh(&format!(
+        "ip netns exec {} {BIN} apply --state {}",
+        ns.name,
+        dir.join("missing.json").display()
+    ));
+    assert!(!ok, "{out}");
+
+    let out = sh(&format!("ip netns exec {} {BIN} cleanup", ns.name));
+    assert!(out.contains("cleaned_up"), "{out}");
+    assert!(!ns.exec("iptables-save -t filter").contains("PALISADE"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn run_follows_the_file_and_keeps_rules_on_sigterm() {
+    if !can_netns("cli run") {
+        return;
+    }
+    let ns = Netns::new("run");
+    let dir = temp_dir("run");
+    let state_path = dir.join("state.json");
+    write_state(&state_path, &sample_state(1, 0));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, BIN, "run", "--state"])
+        .arg(&state_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let wait_for = |pred: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("expected line not printed within 10 s");
+    };
+    wait_for(&|v| v["applied_version"] == 1);
+    let t = Instant::now();
+    write_state(&state_path, &sample_state(2, 1));
+    wait_for(&|v| v["applied_version"] == 2);
+    eprintln!("file change applied after {:?}", t.elapsed());
+    // A broken file is reported and the rules in force stay.
+    std::fs::write(&state_path, b"{not json").expect("write");
+    wait_for(&|v| v.get("error").is_some());
+    let before = ns.exec("iptables-save -t filter | grep -v ^#");
+    sh(&format!("kill -TERM {}", child.id()));
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let _ = reader.join();
+    let after = ns.exec("iptables-save -t filter | grep -v ^#");
+    assert_eq!(before, after, "SIGTERM keeps the rules");
+    assert!(after.contains("-j PALISADE-FORWARD"));
+    let _ = std::fs::remove_dir_all(dir);
+}
