@@ -537,3 +537,38 @@ fn faulty_rules_fail_closed() {
         "policy in the wrong tier"
     );
 }
+
+/// Every golden state is accepted by the real tools (both families, DROP and
+/// REJECT), in a throwaway namespace.
+#[test]
+fn golden_states_apply_for_real() {
+    if !can_netns("golden_states_apply_for_real") {
+        return;
+    }
+    use palisade_enforcer::{ApplyOptions, Backend, Enforcer};
+    let ns = Netns::new("golden");
+    for reject in [false, true] {
+        let opts = ApplyOptions {
+            reject,
+            revoke: true,
+        };
+        let mut enforcer = Enforcer::with_backend(Backend::Nft, opts);
+        for state in [
+            default_deny(),
+            accept_with_sets(),
+            port_ranges(),
+            named_port_local(),
+            tiers(),
+            ipv6(),
+        ] {
+            let report = ns.run(|| enforcer.apply(&state)).expect("applies");
+            assert!(
+                report.issues.is_empty() && report.errors.is_empty(),
+                "{report:?}"
+            );
+        }
+    }
+    let saved = ns.exec("ip6tables-save -t filter");
+    assert!(saved.contains("-s fd00:1::2/128"), "{saved}");
+    ns.run(palisade_enforcer::cleanup).expect("cleanup");
+}

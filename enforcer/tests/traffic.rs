@@ -377,3 +377,64 @@ fn eval_matches_the_kernel() {
         "the random states exercise both verdicts"
     );
 }
+
+#[test]
+fn traffic_with_the_own_node_is_always_allowed() {
+    if !can_netns("node_traffic") {
+        return;
+    }
+    let lab = Lab::new(&["198.18.0.20", "198.18.0.21"]);
+    lab.serve(&[7100]);
+    let node_listener = lab
+        .node
+        .run(|| TcpListener::bind((NODE_IP, 7100)).expect("bind on the node"));
+    std::thread::spawn(move || for _s in node_listener.incoming().flatten() {});
+    let a = lab.endpoints[0].1.clone();
+    // Pod a: isolated in both directions, nothing allowed.
+    let state = mk_rule_set(
+        1,
+        &[NODE_IP],
+        vec![np_tier()],
+        vec![],
+        vec![mk_policy(
+            PolicyKind::NetworkPolicy,
+            Some("ns"),
+            "deny-all",
+            0,
+            vec![],
+            vec![],
+        )],
+        vec![mk_pod(
+            "ns",
+            "a",
+            &[&a],
+            vec![tp(0, &[0])],
+            vec![tp(0, &[0])],
+        )],
+    );
+    let mut enforcer = Enforcer::with_backend(
+        Backend::Nft,
+        ApplyOptions {
+            reject: true,
+            revoke: true,
+        },
+    );
+    lab.node.run(|| enforcer.apply(&state).expect("apply"));
+    let to_node = SocketAddr::new(NODE_IP.parse().expect("ip"), 7100);
+    lab.endpoints[0]
+        .0
+        .run(|| TcpStream::connect_timeout(&to_node, Duration::from_secs(2)))
+        .expect("pod → its node is allowed");
+    let to_pod = SocketAddr::new(a.parse().expect("ip"), 7100);
+    lab.node
+        .run(|| TcpStream::connect_timeout(&to_pod, Duration::from_secs(2)))
+        .expect("node → its pod is allowed");
+    let err = lab
+        .connect(0, 1, 7100)
+        .expect_err("pod → other pod is denied");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let err = lab
+        .connect(1, 0, 7100)
+        .expect_err("other pod → pod is denied");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
