@@ -26,6 +26,7 @@ pub mod convert;
 pub mod crdgen;
 pub mod error;
 pub mod palisade;
+pub mod scenario;
 pub mod upstream;
 
 pub use convert::{
