@@ -315,6 +315,12 @@ impl Enforcer {
         Ok((deleted, errors))
     }
 
+    /// Forgets what this enforcer installed: the next apply re-reads the kernel and
+    /// rewrites every chain of ours (after someone else removed or changed them).
+    pub fn forget(&mut self) {
+        self.installed = None;
+    }
+
     /// Removes everything Palisade installed ([`cleanup`]) and forgets it.
     pub fn cleanup(&mut self) -> Result<CleanupReport, ApplyError> {
         self.installed = None;

@@ -57,6 +57,10 @@ enum Cmd {
         /// Remove everything Palisade installed on exit (uninstall).
         #[arg(long)]
         cleanup_on_exit: bool,
+        /// How often to check that our hooks are still in FORWARD (restoring them,
+        /// and every chain when they are gone too).
+        #[arg(long, default_value_t = 5000)]
+        hook_check_ms: u64,
     },
     /// Remove every chain, hook and set Palisade installed (both families and backends).
     Cleanup,
@@ -86,7 +90,8 @@ fn main() -> Result<()> {
         Cmd::Run {
             args,
             cleanup_on_exit,
-        } => run(&args, cleanup_on_exit)?,
+            hook_check_ms,
+        } => run(&args, cleanup_on_exit, Duration::from_millis(hook_check_ms))?,
         Cmd::Cleanup => {
             let report = cleanup().context("cleanup failed")?;
             emit(json!({"cleaned_up": report}));
@@ -155,7 +160,7 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn run(args: &ApplyArgs, cleanup_on_exit: bool) -> Result<()> {
+fn run(args: &ApplyArgs, cleanup_on_exit: bool, hook_check: Duration) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -165,7 +170,6 @@ fn run(args: &ApplyArgs, cleanup_on_exit: bool) -> Result<()> {
     emit(json!({"started": true, "backend": enforcer.backend()}));
     let poll = Duration::from_millis(50);
     let retry = Duration::from_secs(1);
-    let hook_check = Duration::from_secs(5);
     let mut seen: Option<(SystemTime, u64)> = None;
     // Some(deadline) while the last attempt failed: retry then, even without a change.
     let mut retry_at: Option<Instant> = None;
@@ -198,7 +202,11 @@ fn run(args: &ApplyArgs, cleanup_on_exit: bool) -> Result<()> {
         if applied && last_hook_check.elapsed() >= hook_check {
             last_hook_check = Instant::now();
             if let Err(e) = enforcer.ensure_hooks() {
+                // Our chains are gone too (the hook could not be inserted): forget
+                // what we installed and rewrite everything from the file now.
                 emit(json!({"error": e.to_string()}));
+                enforcer.forget();
+                retry_at = Some(Instant::now());
             }
         }
         std::thread::sleep(poll);

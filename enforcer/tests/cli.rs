@@ -74,7 +74,16 @@ fn run_follows_the_file_and_keeps_rules_on_sigterm() {
     let state_path = dir.join("state.json");
     write_state(&state_path, &sample_state(1, 0));
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, BIN, "run", "--state"])
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            BIN,
+            "run",
+            "--hook-check-ms",
+            "100",
+            "--state",
+        ])
         .arg(&state_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -107,6 +116,13 @@ fn run_follows_the_file_and_keeps_rules_on_sigterm() {
     write_state(&state_path, &sample_state(2, 1));
     wait_for(&|v| v["applied_version"] == 2);
     eprintln!("file change applied after {:?}", t.elapsed());
+    // Someone removes our hook and chains: the enforcer notices and
+    // reinstalls everything.
+    let installed = ns.exec("iptables-save -t filter | grep -v ^#");
+    // (One atomic replacement of the table, as a firewall reload does.)
+    ns.exec("iptables-save -t filter | grep -v PALISADE | iptables-restore -w");
+    wait_for(&|v| v["applied_version"] == 2);
+    assert_eq!(ns.exec("iptables-save -t filter | grep -v ^#"), installed);
     // A broken file is reported and the rules in force stay.
     std::fs::write(&state_path, b"{not json").expect("write");
     wait_for(&|v| v.get("error").is_some());
