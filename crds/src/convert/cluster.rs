@@ -162,7 +162,10 @@ pub(crate) fn convert_cnp(cnp: &ClusterNetworkPolicy, mode: Mode) -> Result<Poli
                             .networks
                             .as_ref()
                             .map(|ns| ns.iter().map(String::as_str).collect()),
-                        domain_names: p.domain_names.is_some(),
+                        domain_names: p
+                            .domain_names
+                            .as_ref()
+                            .map(|ds| ds.iter().map(String::as_str).collect()),
                         unknown: unknown_keys(&p.unknown_fields),
                     })
                     .collect(),
@@ -255,7 +258,10 @@ pub(crate) fn convert_tnp(tnp: &TieredNetworkPolicy, mode: Mode) -> Result<Polic
                             .map(|np| (&np.namespace_selector, &np.pod_selector)),
                         nodes: p.nodes.as_ref(),
                         networks: cidrs(&p.networks),
-                        domain_names: p.domain_names.is_some(),
+                        domain_names: p
+                            .domain_names
+                            .as_ref()
+                            .map(|ds| ds.iter().map(|d| d.0.as_str()).collect()),
                         unknown: Vec::new(),
                     })
                     .collect(),
@@ -335,7 +341,10 @@ pub(crate) fn convert_anp(anp: &AdminNetworkPolicy, mode: Mode) -> Result<Policy
                             .networks
                             .as_ref()
                             .map(|ns| ns.iter().map(String::as_str).collect()),
-                        domain_names: p.domain_names.is_some(),
+                        domain_names: p
+                            .domain_names
+                            .as_ref()
+                            .map(|ds| ds.iter().map(String::as_str).collect()),
                         unknown: unknown_keys(&p.unknown_fields),
                     })
                     .collect(),
@@ -411,7 +420,7 @@ pub(crate) fn convert_banp(
                             .networks
                             .as_ref()
                             .map(|ns| ns.iter().map(String::as_str).collect()),
-                        domain_names: false,
+                        domain_names: None,
                         unknown: unknown_keys(&p.unknown_fields),
                     })
                     .collect(),
@@ -544,7 +553,7 @@ struct PeerView<'a> {
     pods: Option<(&'a K8sSelector, &'a K8sSelector)>,
     nodes: Option<&'a K8sSelector>,
     networks: Option<Vec<&'a str>>,
-    domain_names: bool,
+    domain_names: Option<Vec<&'a str>>,
     /// Fields this version does not know.
     unknown: Vec<&'a str>,
 }
@@ -662,7 +671,7 @@ fn rule(ctx: &Ctx, direction: Direction, path: &str, r: RuleView<'_>) -> Result<
     let mut addresses_only = false;
     for (j, p) in r.peers.iter().enumerate() {
         let at = format!("{path}.{}[{j}]", r.peers_field);
-        addresses_only |= p.nodes.is_some() || p.networks.is_some() || p.domain_names;
+        addresses_only |= p.nodes.is_some() || p.networks.is_some() || p.domain_names.is_some();
         peers.extend(peer(ctx, &at, p)?);
     }
 
@@ -734,7 +743,7 @@ fn peer(ctx: &Ctx, path: &str, p: &PeerView<'_>) -> Result<Vec<Peer>, CrdError> 
         p.pods.is_some(),
         p.nodes.is_some(),
         p.networks.is_some(),
-        p.domain_names,
+        p.domain_names.is_some(),
     ]
     .into_iter()
     .filter(|set| *set)
@@ -790,10 +799,48 @@ fn peer(ctx: &Ctx, path: &str, p: &PeerView<'_>) -> Result<Vec<Peer>, CrdError> 
             })
             .collect();
     }
-    // domainNames: Palisade cannot enforce it; fail closed.
+    // domainNames: checked as upstream's CRD does, but Palisade cannot enforce it: fail closed.
+    let names = p.domain_names.as_deref().unwrap_or_default();
+    if names.is_empty() {
+        return Err(ctx.invalid(
+            format!("{path}.domainNames"),
+            "must contain at least one domain name",
+        ));
+    }
+    for (k, name) in names.iter().enumerate() {
+        if !is_domain_name(name) {
+            return Err(ctx.invalid(
+                format!("{path}.domainNames[{k}]"),
+                format!("{name:?} is not a domain name (such as example.com or *.example.com)"),
+            ));
+        }
+    }
     Ok(vec![Peer::Unsupported {
         field: format!("{path}.domainNames"),
     }])
+}
+
+/// Upstream's `DomainName` pattern,
+/// `^(\*\.)?([a-zA-Z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.)+[a-zA-Z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.?$`:
+/// an optional `*.` prefix, then at least two labels, with an optional trailing dot.
+fn is_domain_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let labels: Vec<&str> = name.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|label| {
+            let bytes = label.as_bytes();
+            match (bytes.first(), bytes.last()) {
+                (Some(first), Some(last)) => {
+                    first.is_ascii_alphanumeric()
+                        && last.is_ascii_alphanumeric()
+                        && bytes
+                            .iter()
+                            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+                }
+                _ => false,
+            }
+        })
 }
 
 fn port(ctx: &Ctx, path: &str, p: &PortView<'_>) -> Result<PortOutcome, CrdError> {
