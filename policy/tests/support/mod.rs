@@ -381,11 +381,13 @@ fn random_peers(rng: &mut Rng, own_ns: Option<&str>, cluster_policy: bool) -> Op
 /// tiers (one missing), with Accept, Deny and Pass rules.
 pub fn random_cluster(seed: u64) -> Cluster {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut c = Cluster::default();
-    c.nodes = vec![
-        mk_node("n1", &["172.18.0.2", "fd00:18::2"]),
-        mk_node("n2", &["172.18.0.3"]),
-    ];
+    let mut c = Cluster {
+        nodes: vec![
+            mk_node("n1", &["172.18.0.2", "fd00:18::2"]),
+            mk_node("n2", &["172.18.0.3"]),
+        ],
+        ..Cluster::default()
+    };
     let mut i = 10;
     for ns in ["x", "y", "z"] {
         c.namespaces.push(mk_ns(ns, &[("ns", ns)]));
@@ -427,7 +429,7 @@ pub fn random_cluster(seed: u64) -> Cluster {
     for n in 0..rng.below(6) {
         let ns = pick(&mut rng, &["x", "y", "z"]);
         let pods = random_selector(&mut rng, &["pod", "app"], &["a", "b", "c", "x"]);
-        let mut rules = |rng: &mut Rng| {
+        let rules = |rng: &mut Rng| {
             (rng.below(3) > 0).then(|| {
                 (0..rng.below(3))
                     .map(|_| allow(random_peers(rng, Some(ns), false), random_ports(rng)))
@@ -457,7 +459,7 @@ pub fn random_cluster(seed: u64) -> Cluster {
                 pods: random_selector(&mut rng, &["pod", "app"], &["a", "b", "x"]),
             }
         };
-        let mut rules = |rng: &mut Rng| {
+        let rules = |rng: &mut Rng| {
             let list: Vec<Rule> = (0..rng.below(3))
                 .map(|r| Rule {
                     name: Some(format!("r{r}")),
