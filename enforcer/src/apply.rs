@@ -212,6 +212,13 @@ impl Enforcer {
         }
         if first {
             self.ensure_hooks()?;
+            // Chains of ours left in the other backend (the host switched backends)
+            // would filter twice and pin stale sets: remove them.
+            let other = match self.backend {
+                Backend::Nft => Backend::Legacy,
+                Backend::Legacy => Backend::Nft,
+            };
+            remove_chains(other)?;
         }
         let after: Vec<&String> = deltas.iter().flat_map(|d| d.ipset_after.iter()).collect();
         if !after.is_empty() {
@@ -363,30 +370,9 @@ pub struct CleanupReport {
 pub fn cleanup() -> Result<CleanupReport, ApplyError> {
     let mut report = CleanupReport::default();
     for backend in [Backend::Nft, Backend::Legacy] {
-        for family in FAMILIES {
-            let Ok(text) = run(&backend.save(family), &["-t", "filter"], None) else {
-                continue;
-            };
-            let parsed = parse_save(&text);
-            if parsed.chains.is_empty() && parsed.hooks.is_empty() {
-                continue;
-            }
-            let mut input = String::from("*filter\n");
-            for hook in &parsed.hooks {
-                input.push_str(&hook.replacen("-A ", "-D ", 1));
-                input.push('\n');
-            }
-            for chain in &parsed.chains {
-                input.push_str(&format!(":{chain} - [0:0]\n"));
-            }
-            for chain in &parsed.chains {
-                input.push_str(&format!("-X {chain}\n"));
-            }
-            input.push_str("COMMIT\n");
-            run_restore(&backend.restore(family), &input)?;
-            report.hooks += parsed.hooks.len();
-            report.chains += parsed.chains.len();
-        }
+        let (hooks, chains) = remove_chains(backend)?;
+        report.hooks += hooks;
+        report.chains += chains;
     }
     let names = run("ipset", &["list", "-n"], None)?;
     let destroy: Vec<String> = names
@@ -401,6 +387,37 @@ pub fn cleanup() -> Result<CleanupReport, ApplyError> {
         report.sets = destroy.len();
     }
     Ok(report)
+}
+
+/// Removes our hooks and chains from one backend (both families), in one
+/// restore transaction per family. A backend whose tools do not work is skipped.
+fn remove_chains(backend: Backend) -> Result<(usize, usize), ApplyError> {
+    let (mut hooks, mut chains) = (0, 0);
+    for family in FAMILIES {
+        let Ok(text) = run(&backend.save(family), &["-t", "filter"], None) else {
+            continue;
+        };
+        let parsed = parse_save(&text);
+        if parsed.chains.is_empty() && parsed.hooks.is_empty() {
+            continue;
+        }
+        let mut input = String::from("*filter\n");
+        for hook in &parsed.hooks {
+            input.push_str(&hook.replacen("-A ", "-D ", 1));
+            input.push('\n');
+        }
+        for chain in &parsed.chains {
+            input.push_str(&format!(":{chain} - [0:0]\n"));
+        }
+        for chain in &parsed.chains {
+            input.push_str(&format!("-X {chain}\n"));
+        }
+        input.push_str("COMMIT\n");
+        run_restore(&backend.restore(family), &input)?;
+        hooks += parsed.hooks.len();
+        chains += parsed.chains.len();
+    }
+    Ok((hooks, chains))
 }
 
 struct Saved {

@@ -276,3 +276,25 @@ fn refused_state_changes_nothing() {
     assert!(err.is_err());
     assert_eq!(saves(&ns, Backend::Nft), before);
 }
+
+#[test]
+fn switching_backends_leaves_nothing_behind() {
+    if !can_netns("switching_backends") {
+        return;
+    }
+    let ns = Netns::new("switch");
+    let (ok, _) = ns.try_exec("iptables-legacy -w -L FORWARD && ip6tables-legacy -w -L FORWARD");
+    if !ok {
+        eprintln!("SKIPPED switching_backends: iptables-legacy does not work in a netns here");
+        return;
+    }
+    let opts = ApplyOptions::default();
+    ns.run(|| Enforcer::with_backend(Backend::Legacy, opts).apply(&sample_state(1, 0)))
+        .expect("legacy apply");
+    assert!(saves(&ns, Backend::Legacy).contains("PALISADE-FORWARD"));
+    // Variant 1 drops a set that only legacy's chains reference: it must go too.
+    ns.run(|| Enforcer::with_backend(Backend::Nft, opts).apply(&sample_state(2, 1)))
+        .expect("nft apply");
+    assert!(!saves(&ns, Backend::Legacy).contains("PALISADE"));
+    assert!(saves(&ns, Backend::Nft).contains("PALISADE-FORWARD"));
+}
