@@ -96,8 +96,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let scenario =
         Scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let (policies, tiers) = crate::policies::convert(&scenario.policies)
-        .map_err(|e| anyhow::anyhow!("{}: policies: {e:#}", path.display()))?;
+    let (policies, tiers) = crate::policies::convert(&scenario.policies, &text)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     let cluster = scenario.cluster(policies, tiers);
     Ok(Loaded { scenario, cluster })
 }
