@@ -56,8 +56,13 @@ impl Kind {
 /// anywhere (a typo must not widen a policy), a duplicate key, a value of the wrong type, an
 /// object defined twice, or anything the API server or the CRDs would reject is an error,
 /// wrapped in [`CrdError::Document`] with the document's number (from 1) and a line: where
-/// the YAML parser found the error, or else where the document starts.
+/// the YAML parser found the error; else the line of the field at fault when its key occurs
+/// once in the document; else where the document starts.
 pub fn parse_manifests(yaml: &str) -> Result<Manifests, CrdError> {
+    parse(yaml).map_err(|e| refine_line(yaml, e))
+}
+
+fn parse(yaml: &str) -> Result<Manifests, CrdError> {
     let mut values = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
         let value = serde_yaml::Value::deserialize(document)
@@ -182,9 +187,10 @@ impl<'y> Object<'y> {
         })
     }
 
-    /// Deserializes the document as `T` (from the YAML text, so that errors have a line), then
-    /// checks that serializing it back keeps every field the document wrote: a field that does
-    /// not survive the round trip is unknown to `T`.
+    /// Deserializes the document as `T`, then checks that serializing it back keeps every
+    /// field the document wrote: a field that does not survive the round trip is unknown to
+    /// `T`. Only when `T` cannot be read is the document parsed again from the YAML text, to
+    /// tell the line of the error (so a manifest is parsed once when it is valid).
     fn typed<T: DeserializeOwned + Serialize>(&self) -> Result<T, CrdError> {
         let index = self.index;
         let in_document = |error: CrdError| CrdError::Document {
@@ -192,17 +198,20 @@ impl<'y> Object<'y> {
             line: self.start,
             error: Box::new(error),
         };
-        let document = serde_yaml::Deserializer::from_str(self.yaml).nth(index);
-        let typed = match document {
-            Some(document) => {
-                T::deserialize(document).map_err(|e| syntax_error(index, &self.name, &e))?
+        let typed: T = match serde_json::from_value(self.json.clone()) {
+            Ok(typed) => typed,
+            Err(json_error) => {
+                let located = serde_yaml::Deserializer::from_str(self.yaml)
+                    .nth(index)
+                    .and_then(|document| T::deserialize(document).err());
+                return Err(match located {
+                    Some(e) => syntax_error(index, &self.name, &e),
+                    None => in_document(CrdError::Syntax {
+                        object: self.name.clone(),
+                        message: json_error.to_string(),
+                    }),
+                });
             }
-            None => serde_json::from_value(self.json.clone()).map_err(|e| {
-                in_document(CrdError::Syntax {
-                    object: self.name.clone(),
-                    message: e.to_string(),
-                })
-            })?,
         };
         let back = serde_json::to_value(&typed).map_err(|e| {
             in_document(CrdError::Syntax {
@@ -289,4 +298,64 @@ pub(crate) fn document_starts(yaml: &str, count: usize) -> Vec<Option<usize>> {
     } else {
         vec![None; count]
     }
+}
+
+/// Moves an error's line from its document's start to the line of the field at fault, when the
+/// field's key occurs exactly once in the document (so the line cannot be the wrong one).
+/// Errors from the YAML parser already have their own line.
+fn refine_line(yaml: &str, error: CrdError) -> CrdError {
+    let CrdError::Document {
+        document,
+        line: Some(start),
+        error: inner,
+    } = error
+    else {
+        return error;
+    };
+    let key = match inner.field() {
+        Some(field) if !matches!(*inner, CrdError::Syntax { .. }) => field
+            .rsplit('.')
+            .next()
+            .map(|last| last.split('[').next().unwrap_or(last))
+            .unwrap_or(field),
+        _ => "",
+    };
+    let mut found = yaml
+        .lines()
+        .enumerate()
+        .skip(start.saturating_sub(1))
+        .take_while(|(_, line)| {
+            !line
+                .strip_prefix("---")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        })
+        .filter(|(_, line)| !key.is_empty() && has_key(line, key))
+        .map(|(i, _)| i + 1);
+    let line = match (found.next(), found.next()) {
+        (Some(line), None) => line,
+        _ => start,
+    };
+    CrdError::Document {
+        document,
+        line: Some(line),
+        error: inner,
+    }
+}
+
+/// Whether a YAML line has `key` as a mapping key (`key:`, `- key:`, `{a: 1, key: 2}`,
+/// `"key":`), not merely inside a value.
+fn has_key(line: &str, key: &str) -> bool {
+    line.match_indices(key).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let quoted = matches!(before, Some('"' | '\''));
+        let boundary = matches!(
+            before,
+            None | Some(' ' | '\t' | '{' | ',' | '-' | '"' | '\'')
+        );
+        let mut rest = &line[at + key.len()..];
+        if quoted {
+            rest = rest.strip_prefix(['"', '\'']).unwrap_or("");
+        }
+        boundary && rest.trim_start().starts_with(':')
+    })
 }

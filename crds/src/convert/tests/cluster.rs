@@ -1146,3 +1146,44 @@ fn tier_per_object_function() {
     let obj: palisade::Tier = serde_yaml::from_str(&tier_doc("admin", "{priority: 5}")).unwrap();
     assert_eq!(tier(&obj).unwrap_err().field(), Some("metadata.name"));
 }
+
+// ---------------------------------------------------------------------- domainNames
+
+#[test]
+fn domain_names_are_checked_as_upstream() {
+    for ok in [
+        "example.com",
+        "*.example.com",
+        "a.b",
+        "x_y.example.org.",
+        "1.2.3.4",
+    ] {
+        assert_eq!(
+            egress_peers(&format!("[{{domainNames: ['{ok}']}}]")),
+            vec![Peer::Unsupported {
+                field: "spec.egress[0].to[0].domainNames".into()
+            }],
+            "{ok}"
+        );
+    }
+    for bad in [
+        "com",
+        "*.com",
+        "bad domain.com",
+        "-a.example",
+        "a..example",
+        "a.*.example",
+        "*",
+    ] {
+        assert_field_error(
+            &cnp_rules(&format!(
+                "egress: [{{action: Deny, to: [{{domainNames: [a.example, '{bad}']}}]}}]"
+            )),
+            "spec.egress[0].to[0].domainNames[1]",
+        );
+    }
+    assert_field_error(
+        &cnp_rules("egress: [{action: Deny, to: [{domainNames: []}]}]"),
+        "spec.egress[0].to[0].domainNames",
+    );
+}

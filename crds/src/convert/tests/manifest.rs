@@ -82,6 +82,7 @@ fn unsupported_kind_is_an_error_with_the_document_number() {
     let text = format!("{NP}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n");
     let e = error(&text);
     assert_eq!(e.document(), Some(2));
+    // No field to point at: the line the document starts at.
     assert_eq!(e.line(), Some(6));
     assert!(
         matches!(e.innermost(), CrdError::UnsupportedKind { kind, .. } if kind == "ConfigMap"),
@@ -230,10 +231,11 @@ fn semantic_errors_carry_the_document_number_and_start_line() {
     );
     let e = error(&text);
     assert_eq!(e.document(), Some(3));
-    assert_eq!(e.line(), Some(11));
+    // The line of policyTypes, the one key of the field at fault.
+    assert_eq!(e.line(), Some(15));
     assert_eq!(
         e.to_string(),
-        "document 3 (line 11): NetworkPolicy ns1/bad: field spec.policyTypes[0]: unsupported \
+        "document 3 (line 15): NetworkPolicy ns1/bad: field spec.policyTypes[0]: unsupported \
          policy type \"Sideways\" (must be Ingress or Egress)"
     );
 }
@@ -301,4 +303,30 @@ fn document_starts_follow_separators() {
     );
     // Counts that do not add up give no line rather than a wrong one.
     assert_eq!(document_starts("a: 1\n", 3), vec![None, None, None]);
+}
+
+#[test]
+fn many_documents_are_read() {
+    // Valid manifests are parsed once (not once per document): 2000 documents stay fast.
+    let docs: Vec<String> = (0..2000)
+        .map(|i| NP.replace("name: np", &format!("name: np{i}")))
+        .collect();
+    let m = parse_manifests(&docs.join("---\n")).unwrap();
+    assert_eq!(m.policies.len(), 2000);
+    assert_eq!(m.policies[1999].id.name, "np1999");
+}
+
+#[test]
+fn errors_point_at_the_line_of_a_field_whose_key_is_unique() {
+    let text = format!(
+        "{NP}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: x, namespace: ns1}}\nspec:\n  podSelector: {{}}\n  ingress:\n  - from:\n    - podSelecter: {{}}\n"
+    );
+    let e = error(&text);
+    assert_eq!(e.field(), Some("spec.ingress[0].from[0].podSelecter"));
+    assert_eq!(e.line(), Some(13));
+    // A key that occurs twice in the document: the document's first line instead.
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x, namespace: ns1}\nspec:\n  ingress:\n  - ports: [{port: 80}]\n  - ports: [{port: 0}]\n";
+    let e = error(text);
+    assert_eq!(e.field(), Some("spec.ingress[1].ports[0].port"));
+    assert_eq!(e.line(), Some(1));
 }
