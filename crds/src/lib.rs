@@ -16,6 +16,8 @@
 //! `k8s_openapi`), their schemas and CEL validation rules, the CRD generator ([`crdgen`], the
 //! `crdgen` binary) and the conversion of every kind into the engine's model ([`convert`]).
 //! It evaluates nothing: what a policy means for traffic is `palisade_policy`'s business.
+//! ([`scenario`] loads a scenario file whole for the CLI and the lab: the engine parses the
+//! scenario, this crate converts its `policies`.)
 //!
 //! Fail-closed is decided here where it starts: a peer Palisade cannot enforce (upstream
 //! `domainNames`, or a field only a newer upstream CRD has) becomes
