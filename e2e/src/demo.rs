@@ -159,9 +159,14 @@ fn table(
     let mut out = String::new();
     let mut denied = vec![BTreeSet::new(); s.probes.len()];
     let mut errors = 0;
-    let width = results
+    let src_width = results
         .iter()
-        .map(|(_, pair, _)| pair.len())
+        .filter_map(|(_, pair, _)| pair.split_once("->").map(|(a, _)| a.len()))
+        .max()
+        .unwrap_or(0);
+    let dst_width = results
+        .iter()
+        .filter_map(|(_, pair, _)| pair.split_once("->").map(|(_, b)| b.len()))
         .max()
         .unwrap_or(0);
     for (pi, p) in s.probes.iter().enumerate() {
@@ -173,7 +178,7 @@ fn table(
             let expected_denied = s.expected[pi].contains(pair);
             let (what, is_denied) = match outcome {
                 probe::Outcome::Allowed => ("connected".to_string(), false),
-                probe::Outcome::Denied => ("timed out (denied)".to_string(), true),
+                probe::Outcome::Denied => ("timed out".to_string(), true),
                 probe::Outcome::Error(e) => {
                     errors += 1;
                     (format!("LAB ERROR: {e}"), false)
@@ -185,14 +190,19 @@ fn table(
             let mark = if matches!(outcome, probe::Outcome::Error(_)) {
                 ""
             } else if is_denied == expected_denied {
-                "  ok"
+                "as expected"
             } else if expected_denied {
-                "  UNEXPECTED: expected denied"
+                "UNEXPECTED: expected denied"
             } else {
-                "  UNEXPECTED: expected allowed"
+                "UNEXPECTED: expected allowed"
             };
-            let pretty = pair.replace("->", " -> ");
-            let _ = writeln!(out, "    {pretty:<w$}  {what}{mark}", w = width + 2);
+            let (src, dst) = pair.split_once("->").unwrap_or((pair.as_str(), ""));
+            let _ = writeln!(
+                out,
+                "    {src:<sw$} -> {dst:<dw$}  {what:<10} {mark}",
+                sw = src_width,
+                dw = dst_width
+            );
         }
     }
     (out, denied, errors)

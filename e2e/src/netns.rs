@@ -43,6 +43,9 @@ pub fn ip(args: &[&str]) -> Result<()> {
 }
 
 pub fn add(name: &str) -> Result<()> {
+    if crate::signals::stopping() {
+        bail!("stopping: not creating {name}");
+    }
     ip(&["netns", "add", name])
 }
 
@@ -170,7 +173,12 @@ pub fn delete(ns: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     if path(ns).exists() {
-        ip(&["netns", "delete", ns])?;
+        if let Err(e) = ip(&["netns", "delete", ns]) {
+            // Someone else (the signal thread, a concurrent cleanup) was faster.
+            if path(ns).exists() {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }

@@ -135,6 +135,9 @@ pub fn run_all(paths: &[PathBuf], output: Output, opts: &Options) -> u8 {
     let mut broken = false;
     let mut disagreed = false;
     for file in expand(paths) {
+        if crate::signals::stopping() {
+            break;
+        }
         let result = file.and_then(|f| {
             let loaded = load(&f)?;
             run_scenario(&loaded, opts).with_context(|| format!("{}", f.display()))
@@ -165,6 +168,7 @@ pub fn run_all(paths: &[PathBuf], output: Output, opts: &Options) -> u8 {
                 );
                 outcomes.push(report.outcome);
             }
+            Err(_) if crate::signals::stopping() => break,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 broken = true;
@@ -395,6 +399,7 @@ impl ScenarioLab {
         };
         let dir = std::env::temp_dir().join(format!("pal-e2e-{}", self.lab.run_id));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::signals::register_dir(dir.clone());
         self.dir = Some(dir.clone());
         let rule_sets = self.compile(cluster, 1)?;
         for (node, rules) in self.lab.nodes.iter().zip(&rule_sets) {
@@ -514,7 +519,8 @@ impl ScenarioLab {
         self.enforcers.clear();
         let r = self.lab.teardown();
         if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            crate::signals::unregister_dir(&dir);
         }
         r
     }
@@ -523,7 +529,8 @@ impl ScenarioLab {
 impl Drop for ScenarioLab {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            crate::signals::unregister_dir(&dir);
         }
     }
 }
