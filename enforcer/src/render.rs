@@ -234,7 +234,13 @@ pub fn parse_comment(comment: &str) -> Option<CommentId> {
     }
 }
 
-const SET_CREATE_OPTS: &str = "hashsize 1024 maxelem 1048576";
+/// Initial hash size for a set of `members` (a power of two in 64..=1024; the kernel
+/// grows it as needed). Small sets start small: creating a thousand sets with the
+/// default 1024 buckets costs about 150 ms more than with 64. `create -exist`
+/// accepts an existing set whatever its hash size.
+fn hashsize(members: usize) -> usize {
+    members.next_power_of_two().clamp(64, 1024)
+}
 
 fn ipset_family(family: Family) -> &'static str {
     match family {
@@ -244,10 +250,11 @@ fn ipset_family(family: Family) -> &'static str {
 }
 
 /// `create NAME hash:net family inet …` (without `-exist`: restore runs with it).
-pub fn set_create_line(name: &str, family: Family) -> String {
+pub fn set_create_line(name: &str, family: Family, members: usize) -> String {
     format!(
-        "create {name} hash:net family {} {SET_CREATE_OPTS}",
-        ipset_family(family)
+        "create {name} hash:net family {} hashsize {} maxelem 1048576",
+        ipset_family(family),
+        hashsize(members)
     )
 }
 
@@ -265,12 +272,12 @@ pub fn set_add_line(name: &str, net: &IpNet, nomatch: bool) -> String {
 pub fn set_build_and_swap(name: &str, family: Family, members: &Members) -> Vec<String> {
     let temp = temp_set_name(name);
     let mut lines = Vec::with_capacity(members.len() + 5);
-    lines.push(set_create_line(&temp, family));
+    lines.push(set_create_line(&temp, family, members.len()));
     lines.push(format!("flush {temp}"));
     for (net, nomatch) in members {
         lines.push(set_add_line(&temp, net, *nomatch));
     }
-    lines.push(set_create_line(name, family));
+    lines.push(set_create_line(name, family, members.len()));
     lines.push(format!("swap {temp} {name}"));
     lines.push(format!("destroy {temp}"));
     lines
@@ -919,8 +926,10 @@ pub fn delta(old: &Installed, new: &FamilyRules) -> Delta {
         match old.sets.get(name) {
             None => {
                 d.sets_created += 1;
-                d.ipset_before.push(set_create_line(name, new.family));
-                d.ipset_before.push(format!("flush {name}"));
+                // Not in the kernel (what is installed was read from it): create
+                // and fill; no rule references it yet.
+                d.ipset_before
+                    .push(set_create_line(name, new.family, set.members.len()));
                 for (net, nomatch) in &set.members {
                     d.ipset_before.push(set_add_line(name, net, *nomatch));
                 }
