@@ -11,7 +11,14 @@
 //! - render alone.
 //!
 //! `cargo bench -p palisade-enforcer --bench program` (root). `ROUNDS=N` to change
-//! the number of rounds (default 9).
+//! the number of rounds (default 9); `RENDER_LOOP=N` times render alone.
+//!
+//! Where the full program goes (one fresh namespace, traced): `ipset restore` of
+//! 1,001 sets ≈ 45 ms, of which a fresh namespace adds ≈ 120 ms the first time
+//! (the kernel grows its per-namespace set table from 256 slots 64 at a time, one
+//! RCU grace period per step; a node pays it once in its life); `iptables-restore`
+//! of 2,209 rules ≈ 30 ms; reading what is installed, the hooks and the other
+//! backend ≈ 1 ms per process (about 10); render ≈ 5 ms.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
