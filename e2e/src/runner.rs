@@ -195,6 +195,11 @@ pub fn run_scenario(loaded: &Loaded, opts: &Options) -> Result<Report> {
     let mut lab = ScenarioLab::build(scenario, opts)?;
     lab.start_enforcers(&loaded.cluster, opts)?;
     let observed = lab.probe(scenario, opts)?;
+    for e in &lab.enforcers {
+        for line in &e.errors {
+            eprintln!("e2e: {}: enforcer of {}: {line}", scenario.name, e.node);
+        }
+    }
     let disagreements = if opts.engine_check {
         disagreements(scenario, &scenario.evaluate(&engine), &observed)
     } else {
