@@ -156,6 +156,20 @@ fn run(cli: Cli) -> ExitCode {
             for ns in &removed {
                 println!("removed {ns}");
             }
+            // The enforcers' state directories (`pal-e2e-RUNID` in the temp dir).
+            let tmp = std::env::temp_dir();
+            let dirs = std::fs::read_dir(&tmp)
+                .map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for entry in dirs {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("pal-e2e-")
+                    && entry.path().is_dir()
+                    && std::fs::remove_dir_all(entry.path()).is_ok()
+                {
+                    println!("removed {}", entry.path().display());
+                }
+            }
             for e in &errors {
                 eprintln!("error: {e:#}");
             }
