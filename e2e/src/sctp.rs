@@ -251,7 +251,10 @@ pub fn probe(addr: SocketAddr, timeout: Duration) -> Outcome {
             Ok(false) => return Outcome::Denied,
             Err(e) => return Outcome::Error(format!("sctp {addr}: {e}")),
         }
-        while let Some((start, end, from)) = recv(raw, &mut buf, v6) {
+        for _ in 0..256 {
+            let Some((start, end, from)) = recv(raw, &mut buf, v6) else {
+                break;
+            };
             if from != addr.ip() {
                 continue;
             }
