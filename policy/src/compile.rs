@@ -8,7 +8,6 @@
 //! local pods that resolve it to that number).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -475,97 +474,4 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-/// Whether the compiled rule set allows a connection that involves a local pod,
-/// judged exactly as the rendered rules judge it (used to cross-check the
-/// compiler against the engine, and by the enforcer to find flows to revoke).
-pub fn allows(
-    rules: &NodeRuleSet,
-    src: IpAddr,
-    dst: IpAddr,
-    protocol: Protocol,
-    port: u16,
-) -> bool {
-    let local = |ip: IpAddr| rules.pods.iter().find(|p| p.ips.contains(&ip));
-    let (src_pod, dst_pod) = (local(src), local(dst));
-    let node = |ip: IpAddr| rules.node_ips.contains(&ip);
-    if (src_pod.is_some() && node(dst)) || (dst_pod.is_some() && node(src)) {
-        return true;
-    }
-    let side = |pod: Option<&LocalPod>, direction: Direction| {
-        pod.is_none_or(|pod| {
-            let (groups, local_ip, remote_ip) = match direction {
-                Direction::Ingress => (&pod.ingress, dst, src),
-                Direction::Egress => (&pod.egress, src, dst),
-            };
-            decide(
-                rules, groups, direction, local_ip, remote_ip, protocol, port,
-            )
-        })
-    };
-    side(src_pod, Direction::Egress) && side(dst_pod, Direction::Ingress)
-}
-
-fn decide(
-    rules: &NodeRuleSet,
-    groups: &[TierPolicies],
-    direction: Direction,
-    local: IpAddr,
-    remote: IpAddr,
-    protocol: Protocol,
-    port: u16,
-) -> bool {
-    let family = Family::of(&local);
-    let set_has = |s: usize, ip: IpAddr| {
-        rules
-            .sets
-            .get(s)
-            .is_some_and(|set| set.family == family && set.contains(ip))
-    };
-    let matches = |m: &RuleMatch| {
-        m.peers
-            .as_ref()
-            .is_none_or(|sets| sets.iter().any(|&s| set_has(s, remote)))
-            && m.local.is_none_or(|s| set_has(s, local))
-            && m.ports.as_ref().is_none_or(|ports| {
-                protocol.has_ports()
-                    && ports
-                        .iter()
-                        .any(|r| r.protocol == protocol && (r.start..=r.end).contains(&port))
-            })
-    };
-    for group in groups {
-        let Some(tier) = rules.tiers.get(group.tier) else {
-            return false;
-        };
-        let mut passed = false;
-        'policies: for &p in &group.policies {
-            let Some(policy) = rules.policies.get(p) else {
-                return false;
-            };
-            let list = match direction {
-                Direction::Ingress => &policy.ingress,
-                Direction::Egress => &policy.egress,
-            };
-            for rule in list {
-                if rule.matches.iter().any(matches) {
-                    match rule.action {
-                        crate::model::Action::Accept => return true,
-                        crate::model::Action::Deny => return false,
-                        crate::model::Action::Pass => {
-                            passed = true;
-                            break 'policies;
-                        }
-                    }
-                }
-            }
-        }
-        if !passed
-            && (tier.networkpolicy || tier.default_action == crate::model::DefaultAction::Deny)
-        {
-            return false;
-        }
-    }
-    true
 }

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use palisade_policy::engine::Endpoint;
 use palisade_policy::model::*;
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -488,3 +489,37 @@ pub fn random_cluster(seed: u64) -> Cluster {
     }
     c
 }
+
+/// Every endpoint of a cluster with its addresses, plus externals of both families.
+pub fn endpoints(c: &Cluster) -> Vec<(String, Endpoint, Vec<IpAddr>)> {
+    let mut out = Vec::new();
+    for (i, p) in c.pods.iter().enumerate() {
+        let ips = if p.host_network {
+            c.nodes
+                .iter()
+                .find(|n| Some(&n.name) == p.node.as_ref())
+                .map(|n| n.ips.clone())
+                .unwrap_or_default()
+        } else {
+            p.ips.clone()
+        };
+        out.push((format!("{}/{}", p.namespace, p.name), Endpoint::Pod(i), ips));
+    }
+    for (i, n) in c.nodes.iter().enumerate() {
+        out.push((format!("node:{}", n.name), Endpoint::Node(i), n.ips.clone()));
+    }
+    for ip in ["192.0.2.10", "198.51.100.1", "2001:db8::10"] {
+        let ip: IpAddr = ip.parse().expect("ip");
+        out.push((format!("ext:{ip}"), Endpoint::External(ip), vec![ip]));
+    }
+    out
+}
+
+pub const PROBES: [(Protocol, u16); 6] = [
+    (Protocol::Tcp, 80),
+    (Protocol::Tcp, 81),
+    (Protocol::Udp, 80),
+    (Protocol::Sctp, 81),
+    (Protocol::Tcp, 8080),
+    (Protocol::Icmp, 0),
+];
