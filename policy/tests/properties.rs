@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::net::IpAddr;
 
-use palisade_policy::engine::{Connection, Endpoint, Engine};
-use palisade_policy::model::{Cluster, Family, Protocol};
+use palisade_policy::engine::{Connection, Engine};
+use palisade_policy::model::{Cluster, Family};
 use palisade_policy::scenario::Scenario;
 use proptest::prelude::*;
 
