@@ -261,8 +261,8 @@ impl ScenarioLab {
     /// Builds the topology and starts a server in every endpoint's namespace.
     pub fn build(scenario: &Scenario, opts: &Options) -> Result<ScenarioLab> {
         let sctp_needed = scenario.probes.iter().any(|p| p.protocol == Protocol::Sctp);
-        let sctp = crate::sock::sctp_available();
-        if sctp_needed && !sctp && !opts.timing.sctp_raw {
+        let sctp = !sctp_needed || crate::sock::ensure_sctp();
+        if !sctp && !opts.timing.sctp_raw {
             bail!(
                 "scenario {} probes SCTP, but this kernel has no SCTP sockets \
                  (CONFIG_IP_SCTP is off or the sctp module cannot be loaded); \

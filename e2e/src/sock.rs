@@ -76,6 +76,23 @@ pub fn sctp_available() -> bool {
     socket(false, Proto::Sctp).is_ok()
 }
 
+/// Whether this kernel has SCTP sockets, loading the `sctp` module first if they
+/// are missing and `modprobe` exists (once per process).
+pub fn ensure_sctp() -> bool {
+    static TRIED: std::sync::Once = std::sync::Once::new();
+    if !sctp_available() {
+        TRIED.call_once(|| {
+            let _ = std::process::Command::new("modprobe")
+                .arg("sctp")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        });
+    }
+    sctp_available()
+}
+
 fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
     // SAFETY: setsockopt(2) with a pointer to a local int and its size.
     unsafe {
