@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use palisade_crds::scenario::{load_file, LoadError};
+use palisade_crds::scenario::{load_file, scenario_files, LoadError};
 use palisade_policy::scenario::{summary_line, Outcome};
 
 use crate::Output;
@@ -13,7 +13,7 @@ use crate::Output;
 pub fn run(paths: &[PathBuf], output: Output) -> ExitCode {
     let mut outcomes = Vec::new();
     let mut broken = false;
-    for file in expand(paths) {
+    for file in scenario_files(paths) {
         match file.and_then(|f| run_file(&f)) {
             Ok(outcome) => {
                 match output {
@@ -51,29 +51,4 @@ fn run_file(path: &Path) -> Result<Outcome, LoadError> {
     Ok(loaded
         .scenario
         .compare(loaded.scenario.evaluate(&loaded.engine)))
-}
-
-/// Files as given, folders as their scenario files in name order.
-fn expand(paths: &[PathBuf]) -> Vec<Result<PathBuf, LoadError>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if !path.is_dir() {
-            files.push(Ok(path.clone()));
-            continue;
-        }
-        match std::fs::read_dir(path) {
-            Ok(entries) => {
-                let mut found: Vec<PathBuf> = entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
-                    })
-                    .collect();
-                found.sort();
-                files.extend(found.into_iter().map(Ok));
-            }
-            Err(e) => files.push(Err(LoadError::read(path, &e))),
-        }
-    }
-    files
 }

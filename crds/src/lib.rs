@@ -36,3 +36,4 @@ pub use convert::{
     parse_manifests, tier, tiered_network_policy, Manifests,
 };
 pub use error::CrdError;
+pub use scenario::{load_file, scenario_files, LoadError, Loaded};

@@ -69,6 +69,31 @@ pub fn load_text(path: &Path, text: &str) -> Result<Loaded, LoadError> {
     })
 }
 
+/// Files as given, folders as their `*.yaml` / `*.yml` files in name order.
+pub fn scenario_files(paths: &[PathBuf]) -> Vec<Result<PathBuf, LoadError>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(Ok(path.clone()));
+            continue;
+        }
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                    })
+                    .collect();
+                found.sort();
+                files.extend(found.into_iter().map(Ok));
+            }
+            Err(e) => files.push(Err(LoadError::read(path, &e))),
+        }
+    }
+    files
+}
+
 /// The line (1-based) where the `policies` block's content starts.
 fn policies_line(text: &str) -> usize {
     text.lines()

@@ -67,7 +67,7 @@ pub fn run(dir: &Path, opts: &Options) -> Result<bool> {
     println!();
     let t = Instant::now();
     let mut lab = ScenarioLab::build(scenario, opts)?;
-    lab.start_enforcers(&first.cluster, opts)?;
+    lab.start_enforcers(first.engine.cluster(), opts)?;
     println!(
         "Lab {} up in {} ms: {}",
         lab.lab.run_id,
@@ -92,7 +92,7 @@ pub fn run(dir: &Path, opts: &Options) -> Result<bool> {
         }
         if i > 0 {
             let t = Instant::now();
-            lab.apply(&step.cluster)?;
+            lab.apply(step.engine.cluster())?;
             println!(
                 "Applied: state files rewritten, {} enforcer(s) report version {} in {} ms.",
                 lab.enforcers.len(),

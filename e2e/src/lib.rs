@@ -12,7 +12,6 @@
 pub mod demo;
 pub mod enforcer;
 pub mod netns;
-pub mod policies;
 pub mod probe;
 pub mod runner;
 pub mod sctp;

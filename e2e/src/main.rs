@@ -260,7 +260,7 @@ fn options(enforcer: Option<PathBuf>, no_enforcer: bool) -> Result<Options, Exit
 fn up(path: &std::path::Path, opts: &Options, keep: Duration) -> anyhow::Result<()> {
     let loaded = runner::load(path)?;
     let mut lab = runner::ScenarioLab::build(&loaded.scenario, opts)?;
-    lab.start_enforcers(&loaded.cluster, opts)?;
+    lab.start_enforcers(loaded.engine.cluster(), opts)?;
     println!("lab {} is up:", lab.lab.run_id);
     println!("  fabric  {}", lab.lab.fabric);
     for n in &lab.lab.nodes {

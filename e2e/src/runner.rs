@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+pub use palisade_crds::scenario::Loaded;
+use palisade_crds::scenario::{load_file, scenario_files};
 use palisade_policy::compile::compile_node;
 use palisade_policy::engine::Engine;
 use palisade_policy::model::{Cluster, Node, Protocol};
@@ -83,48 +85,9 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// A scenario file, parsed, with its policies converted: the cluster it describes.
-pub struct Loaded {
-    pub scenario: Scenario,
-    pub cluster: Cluster,
-}
-
-/// Reads a scenario file and converts its policies, naming the file in errors
-/// (as `palisade test` does).
+/// Reads a scenario file, converts its policies and indexes it (as `palisade test` does).
 pub fn load(path: &Path) -> Result<Loaded> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let scenario =
-        Scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let (policies, tiers) = crate::policies::convert(&scenario.policies, &text)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
-    let cluster = scenario.cluster(policies, tiers);
-    Ok(Loaded { scenario, cluster })
-}
-
-/// Files as given, folders as their `*.yaml` / `*.yml` files in name order.
-pub fn expand(paths: &[PathBuf]) -> Vec<Result<PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if !path.is_dir() {
-            files.push(Ok(path.clone()));
-            continue;
-        }
-        match std::fs::read_dir(path) {
-            Ok(entries) => {
-                let mut found: Vec<PathBuf> = entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
-                    })
-                    .collect();
-                found.sort();
-                files.extend(found.into_iter().map(Ok));
-            }
-            Err(e) => files.push(Err(anyhow::anyhow!("{}: cannot read: {e}", path.display()))),
-        }
-    }
-    files
+    Ok(load_file(path)?)
 }
 
 /// Runs every scenario and prints the contract's output. Exit code: 2 if a file
@@ -134,11 +97,11 @@ pub fn run_all(paths: &[PathBuf], output: Output, opts: &Options) -> u8 {
     let mut outcomes = Vec::new();
     let mut broken = false;
     let mut disagreed = false;
-    for file in expand(paths) {
+    for file in scenario_files(paths) {
         if crate::signals::stopping() {
             break;
         }
-        let result = file.and_then(|f| {
+        let result = file.map_err(anyhow::Error::from).and_then(|f| {
             let loaded = load(&f)?;
             run_scenario(&loaded, opts).with_context(|| format!("{}", f.display()))
         });
@@ -191,9 +154,9 @@ pub fn run_all(paths: &[PathBuf], output: Output, opts: &Options) -> u8 {
 pub fn run_scenario(loaded: &Loaded, opts: &Options) -> Result<Report> {
     let start = Instant::now();
     let scenario = &loaded.scenario;
-    let engine = Engine::new(loaded.cluster.clone()).context("building the engine")?;
+    let engine = &loaded.engine;
     let mut lab = ScenarioLab::build(scenario, opts)?;
-    lab.start_enforcers(&loaded.cluster, opts)?;
+    lab.start_enforcers(loaded.engine.cluster(), opts)?;
     let observed = lab.probe(scenario, opts)?;
     for e in &lab.enforcers {
         for line in &e.errors {
@@ -201,7 +164,7 @@ pub fn run_scenario(loaded: &Loaded, opts: &Options) -> Result<Report> {
         }
     }
     let disagreements = if opts.engine_check {
-        disagreements(scenario, &scenario.evaluate(&engine), &observed)
+        disagreements(scenario, &scenario.evaluate(engine), &observed)
     } else {
         Vec::new()
     };

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::runner::{disagreements, Options, ScenarioLab};
-use palisade_policy::engine::Engine;
 use palisade_policy::scenario::Scenario;
 
 fn root() -> bool {
@@ -99,8 +98,7 @@ fn the_engine_check_names_pairs_where_kernel_and_engine_differ() {
         .expect("iptables runs");
     assert!(status.success());
     let kernel = lab.probe(scenario, &opts).expect("probes run");
-    let engine = Engine::new(loaded.cluster.clone()).expect("engine");
-    let found = disagreements(scenario, &scenario.evaluate(&engine), &kernel);
+    let found = disagreements(scenario, &scenario.evaluate(&loaded.engine), &kernel);
     let pairs: Vec<String> = found.iter().map(|d| d.pair.clone()).collect();
     assert_eq!(
         pairs,

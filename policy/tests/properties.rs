@@ -5,7 +5,6 @@
 
 mod support;
 
-
 use palisade_policy::engine::{Connection, Engine};
 use palisade_policy::model::{Cluster, Family};
 use palisade_policy::scenario::Scenario;
