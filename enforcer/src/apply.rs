@@ -286,6 +286,15 @@ impl Enforcer {
     /// is judged as FORWARD saw its first packet: source = original source,
     /// destination and port = the reply's source (after DNAT). Entries from or to
     /// an address of this namespace never crossed FORWARD and are left alone.
+    ///
+    /// A reply in flight when its entry goes (B's answer to A's last datagram) is
+    /// a new flow to conntrack, from B to A's port, that B's egress and A's ingress
+    /// usually allow: conntrack would carry the revoked flow on, reversed. TCP
+    /// packets that would do so are denied by `PALISADE-PICKUP` (see
+    /// [`crate::render`]); for the rest, the table is read again (2 ms after the
+    /// deletions, twice, more while any turn up) and the entries from a revoked
+    /// destination and port back to its source are deleted too.
+    ///
     /// Returns the number deleted and the deletions that failed.
     pub fn revoke(
         &self,
@@ -310,13 +319,28 @@ impl Enforcer {
         let local = local_addresses()?;
         let mut deleted = 0;
         let mut errors = Vec::new();
-        for key in doomed {
-            if local.contains(&key.orig_src) || local.contains(&key.reply_src) {
-                continue;
-            }
-            match delete_conntrack(&key) {
+        doomed.retain(|key| !local.contains(&key.orig_src) && !local.contains(&key.reply_src));
+        for key in &doomed {
+            match delete_conntrack(key) {
                 Ok(n) => deleted += n,
                 Err(e) => errors.push(e.to_string()),
+            }
+        }
+        for pass in 0..REVERSAL_PASSES {
+            std::thread::sleep(REVERSAL_PAUSE);
+            let reversed: BTreeSet<CtKey> = list_conntrack()?
+                .into_iter()
+                .filter(|e| doomed.iter().any(|k| e.reverses(k)))
+                .map(|e| e.key)
+                .collect();
+            if reversed.is_empty() && pass > 0 {
+                break;
+            }
+            for key in &reversed {
+                match delete_conntrack(key) {
+                    Ok(n) => deleted += n,
+                    Err(e) => errors.push(e.to_string()),
+                }
             }
         }
         Ok((deleted, errors))
@@ -574,6 +598,24 @@ struct CtKey {
 
 struct CtEntry {
     key: CtKey,
+    orig_sport: Option<u16>,
+}
+
+/// How many times [`Enforcer::revoke`] looks for revoked flows carried on in
+/// reverse, at most, and how long it waits before each look.
+const REVERSAL_PASSES: usize = 4;
+const REVERSAL_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl CtEntry {
+    /// Whether this entry runs from the destination and port of a revoked flow
+    /// (`key`) back to its source: a reply of it that conntrack took for a new flow.
+    fn reverses(&self, key: &CtKey) -> bool {
+        self.key.family == key.family
+            && self.key.proto == key.proto
+            && self.key.orig_src == key.reply_src
+            && self.key.orig_dst == key.orig_src
+            && self.orig_sport == key.reply_sport
+    }
 }
 
 impl CtKey {
@@ -635,6 +677,7 @@ fn parse_conntrack_line(line: &str) -> Option<CtEntry> {
         }
     }
     Some(CtEntry {
+        orig_sport: sports.first().copied(),
         key: CtKey {
             family,
             proto_name,
@@ -706,6 +749,18 @@ fn local_addresses() -> Result<BTreeSet<IpAddr>, ApplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_revoked_flows_carried_on_in_reverse() {
+        let revoked = parse_conntrack_line("ipv4     2 udp      17 29 src=10.0.0.1 dst=10.96.0.10 sport=40000 dport=53 src=10.0.1.5 dst=10.0.0.1 sport=5353 dport=40000 mark=0 use=1").expect("parses");
+        let reversed = parse_conntrack_line("ipv4     2 udp      17 29 src=10.0.1.5 dst=10.0.0.1 sport=5353 dport=40000 src=10.0.0.1 dst=10.0.1.5 sport=40000 dport=5353 mark=0 use=1").expect("parses");
+        let other_port = parse_conntrack_line("ipv4     2 udp      17 29 src=10.0.1.5 dst=10.0.0.1 sport=5354 dport=40000 src=10.0.0.1 dst=10.0.1.5 sport=40000 dport=5354 mark=0 use=1").expect("parses");
+        let tcp = parse_conntrack_line("ipv4     2 tcp      6 29 ESTABLISHED src=10.0.1.5 dst=10.0.0.1 sport=5353 dport=40000 src=10.0.0.1 dst=10.0.1.5 sport=40000 dport=5353 mark=0 use=1").expect("parses");
+        assert!(reversed.reverses(&revoked.key));
+        assert!(!revoked.reverses(&revoked.key));
+        assert!(!other_port.reverses(&revoked.key));
+        assert!(!tcp.reverses(&revoked.key));
+    }
 
     #[test]
     fn parses_conntrack() {

@@ -23,6 +23,9 @@ pub const CHAIN_ACCEPT: &str = "PALISADE-ACCEPT";
 pub const CHAIN_PASS: &str = "PALISADE-PASS";
 /// Jump target of a Deny: DROP (or REJECT with `--reject`).
 pub const CHAIN_DENY: &str = "PALISADE-DENY";
+/// TCP packets conntrack would pick up midstream (not a SYN, no entry): denied
+/// when they come from a pod isolated for ingress or go to one isolated for egress.
+pub const CHAIN_PICKUP: &str = "PALISADE-PICKUP";
 
 /// The comment on our hook rule in built-in FORWARD.
 pub const HOOK_COMMENT: &str = "palisade: enforce network policy";

@@ -12,6 +12,7 @@
 //! FORWARD ─► PALISADE-FORWARD
 //!              ctstate ESTABLISHED,RELATED → ACCEPT     (replies, related ICMP)
 //!              ctstate INVALID            → DROP
+//!              tcp, not a SYN, ctstate NEW → PALISADE-PICKUP     (when a pod is isolated)
 //!              -s <local pod ip> → <egress chain of that pod>     (one per isolated pod)
 //!              -d <local pod ip> → <ingress chain of that pod>
 //!              clear our mark bits; fall off → RETURN to FORWARD
@@ -24,6 +25,8 @@
 //!              <match> -g PALISADE-ACCEPT | -g PALISADE-PASS | -j PALISADE-DENY
 //! PALISADE-ACCEPT / PALISADE-PASS   set the ACCEPT / PASS mark bit (then return)
 //! PALISADE-DENY                     DROP (or REJECT: tcp-reset / port-unreachable)
+//! PALISADE-PICKUP  -s <pod isolated for ingress> → PALISADE-DENY
+//!                  -d <pod isolated for egress>  → PALISADE-DENY;  fall off → RETURN
 //! ```
 //!
 //! A pod with a single tier in a direction dispatches straight to its tier chain.
@@ -43,6 +46,19 @@
 //! (0x539) and AWS VPC CNI (0x80, 0x100). Calico's default mask 0xffff0000 covers them,
 //! but Calico is an alternative to Palisade, never run beside it. The packet mark is
 //! per packet, so NEW packets only ever carry bits we set while evaluating them.
+//!
+//! Why PALISADE-PICKUP: conntrack (`nf_conntrack_tcp_loose`, on by default) picks
+//! up a TCP connection it has no entry for from any packet of it, and takes that
+//! packet's sender for the client. When a connection from A to an isolated B is
+//! revoked (its entry deleted), A's next packet is judged as A → B and dropped, but
+//! B's next packet (a retransmission, data it pushes) would be judged as a new
+//! connection from B to A's port, which B's egress and A's ingress usually allow:
+//! conntrack would then let the revoked connection resume, reversed. So a TCP
+//! packet other than a SYN without a conntrack entry is denied when its sender is
+//! isolated for ingress or its receiver is isolated for egress (its policies decide
+//! who may open connections to or from it, and such a packet opens none). The
+//! price: a connection of such a pod whose entry is lost some other way (flushed,
+//! expired while idle) ends instead of being picked up, as after a revocation.
 //!
 //! Allowed connections RETURN to FORWARD (never ACCEPT), so foreign rules after our
 //! hook, and FORWARD's policy, still apply to them: Palisade only ever takes
@@ -531,6 +547,7 @@ impl<'a> FamilyRenderer<'a> {
             format!("-A {CHAIN_FORWARD} -m conntrack --ctstate INVALID -j DROP"),
         ];
         let mut dispatched = false;
+        let mut pickup = Vec::new();
         for direction in [Direction::Egress, Direction::Ingress] {
             for pod in &self.rs.pods {
                 let list = match direction {
@@ -553,9 +570,22 @@ impl<'a> FamilyRenderer<'a> {
                     Direction::Egress => "-s",
                     Direction::Ingress => "-d",
                 };
+                // A midstream packet from a pod isolated for ingress may be the reply
+                // of a connection to it that its policies deny; one to a pod isolated
+                // for egress, of a connection from it.
+                let pickup_flag = match direction {
+                    Direction::Egress => "-d",
+                    Direction::Ingress => "-s",
+                };
                 for ip in ips {
                     forward.push(format!(
                         "-A {CHAIN_FORWARD} {flag} {} -m comment --comment \"{} {}\" -j {target}",
+                        host_prefix(ip),
+                        dir_word(direction),
+                        pod_label(pod)
+                    ));
+                    pickup.push(format!(
+                        "-A {CHAIN_PICKUP} {pickup_flag} {} -m comment --comment \"{} {}\" -j {CHAIN_DENY}",
                         host_prefix(ip),
                         dir_word(direction),
                         pod_label(pod)
@@ -568,6 +598,15 @@ impl<'a> FamilyRenderer<'a> {
             forward.push(format!(
                 "-A {CHAIN_FORWARD} -m mark ! --mark 0x0/{mask} -j MARK --set-xmark 0x0/{mask}"
             ));
+            // Right after the conntrack rules: judged before any pod chain.
+            forward.insert(
+                2,
+                format!(
+                    "-A {CHAIN_FORWARD} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j {CHAIN_PICKUP}"
+                ),
+            );
+            self.claim(CHAIN_PICKUP, format!("base chain {CHAIN_PICKUP}"))?;
+            self.out.chains.insert(CHAIN_PICKUP.to_string(), pickup);
         }
         self.out.chains.insert(CHAIN_FORWARD.to_string(), forward);
         Ok(self.out)
