@@ -1,10 +1,18 @@
-//! Builders for compiled rule sets (`mk_*`) and throwaway network namespaces.
+//! Builders for compiled rule sets (`mk_*`), throwaway network namespaces
+//! ([`Netns`]) and a node lab built in them ([`Lab`]: pod namespaces behind veths
+//! with /32 routes, as the e2e lab builds them), with echo servers and traffic
+//! monitors ([`Echoes`]).
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use palisade_policy::compiled::{
@@ -231,6 +239,23 @@ impl Netns {
             .unwrap_or_else(|e| std::panic::resume_unwind(e))
         })
     }
+
+    /// Like [`Netns::run`], on a detached thread: `f` runs inside the namespace
+    /// while the caller goes on. Joining returns `f`'s result (or its panic).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).expect("open netns");
+        std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd; it only affects this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {path} failed");
+            drop(file);
+            f()
+        })
+    }
 }
 
 impl Drop for Netns {
@@ -377,4 +402,317 @@ pub fn sample_state(version: u64, variant: u8) -> NodeRuleSet {
         pods[1].egress = vec![tp(2, &[2])];
     }
     mk_rule_set(version, &["192.0.2.1"], tiers, sets, policies, pods)
+}
+
+/// The node's own address in a [`Lab`] (on the node namespace's loopback).
+pub const LAB_NODE_IP: &str = "198.19.255.1";
+/// The pods' default gateway: link-local, answered by a static neighbour entry.
+const LAB_GW: &str = "169.254.1.1";
+
+/// A node namespace and endpoint namespaces (pods or outside hosts) routed
+/// through it: one veth each, a /32 route on the node side, a default route via a
+/// link-local gateway on the endpoint side. Every address is one the caller chose
+/// (use 198.18.0.0/15, the benchmarking range); all of it goes with the namespaces
+/// when the lab is dropped (also on panic).
+pub struct Lab {
+    pub node: Netns,
+    /// (namespace, address) per endpoint, in the order given.
+    pub endpoints: Vec<(Netns, String)>,
+}
+
+impl Lab {
+    pub fn new(ips: &[&str]) -> Lab {
+        let node = Netns::new("node");
+        node.exec(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1 && ip addr add {LAB_NODE_IP}/32 dev lo"
+        ));
+        let mut endpoints = Vec::new();
+        for (i, ip) in ips.iter().enumerate() {
+            let ep = Netns::new("ep");
+            let veth = format!("pv{i}");
+            let mac = format!("02:00:00:00:00:{:02x}", i + 1);
+            node.exec(&format!(
+                "ip link add {veth} address {mac} type veth peer name eth0 netns {} && ip link set {veth} up && ip route add {ip}/32 dev {veth}",
+                ep.name
+            ));
+            ep.exec(&format!(
+                "ip addr add {ip}/32 dev eth0 && ip link set eth0 up && ip route add {LAB_GW} dev eth0 scope link && ip route add default via {LAB_GW} dev eth0 && ip neigh add {LAB_GW} lladdr {mac} dev eth0 nud permanent"
+            ));
+            endpoints.push((ep, ip.to_string()));
+        }
+        Lab { node, endpoints }
+    }
+
+    pub fn ip(&self, i: usize) -> &str {
+        &self.endpoints[i].1
+    }
+
+    pub fn addr(&self, i: usize, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip(i).parse().expect("ip"), port)
+    }
+
+    /// TCP echo servers on `ports` in every endpoint (one thread per connection,
+    /// which ends with the connection). They live until the process ends (their
+    /// namespaces, and so their sockets, go with the test).
+    pub fn serve(&self, ports: &[u16]) {
+        for (ep, _) in &self.endpoints {
+            let listeners: Vec<TcpListener> = ep.run(|| {
+                ports
+                    .iter()
+                    .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("bind"))
+                    .collect()
+            });
+            for l in listeners {
+                std::thread::spawn(move || {
+                    for mut s in l.incoming().flatten() {
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 64];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                });
+            }
+        }
+    }
+
+    /// TCP servers on `ports` in every endpoint that push one byte every `every` to
+    /// each client, unprompted (a download, a stream of events), for at most
+    /// `limit` per connection or until the client goes away.
+    pub fn serve_push(&self, ports: &[u16], every: Duration, limit: Duration) {
+        for (ep, _) in &self.endpoints {
+            let listeners: Vec<TcpListener> = ep.run(|| {
+                ports
+                    .iter()
+                    .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("bind"))
+                    .collect()
+            });
+            for l in listeners {
+                std::thread::spawn(move || {
+                    for mut s in l.incoming().flatten() {
+                        std::thread::spawn(move || {
+                            let start = Instant::now();
+                            let max = (limit.as_millis() / every.as_millis().max(1)) as usize;
+                            for _ in 0..max {
+                                if start.elapsed() >= limit || s.write_all(b"p").is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(every);
+                            }
+                        });
+                    }
+                });
+            }
+        }
+    }
+
+    /// UDP echo servers on `ports` in every endpoint. Each answers at most 100,000
+    /// datagrams and stops after a minute without any.
+    pub fn serve_udp(&self, ports: &[u16]) {
+        for (ep, _) in &self.endpoints {
+            let sockets: Vec<UdpSocket> = ep.run(|| {
+                ports
+                    .iter()
+                    .map(|p| UdpSocket::bind(("0.0.0.0", *p)).expect("bind udp"))
+                    .collect()
+            });
+            for s in sockets {
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                    let mut buf = [0u8; 1500];
+                    for _ in 0..100_000 {
+                        let Ok((n, from)) = s.recv_from(&mut buf) else {
+                            break;
+                        };
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                });
+            }
+        }
+    }
+
+    /// A new TCP connection from endpoint `from` to `to`:`port` (2 s to connect).
+    pub fn connect(&self, from: usize, to: usize, port: u16) -> std::io::Result<TcpStream> {
+        self.connect_timeout(from, to, port, Duration::from_secs(2))
+    }
+
+    pub fn connect_timeout(
+        &self,
+        from: usize,
+        to: usize,
+        port: u16,
+        timeout: Duration,
+    ) -> std::io::Result<TcpStream> {
+        let addr = self.addr(to, port);
+        self.endpoints[from]
+            .0
+            .run(|| TcpStream::connect_timeout(&addr, timeout))
+    }
+
+    /// A UDP socket of endpoint `from`, connected to `to`:`port` (one 5-tuple).
+    pub fn udp(&self, from: usize, to: usize, port: u16) -> UdpSocket {
+        let addr = self.addr(to, port);
+        self.endpoints[from].0.run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind udp client");
+            s.connect(addr).expect("connect udp");
+            s
+        })
+    }
+}
+
+/// A long-lived flow watched from its client side, on its own thread: every
+/// `every` it sends one byte (TCP echo, UDP echo) or just listens (TCP push), and
+/// records when each answer arrives. Bounded by `limit` and by [`Echoes::stop`]
+/// (also on drop).
+pub struct Echoes {
+    stop: Arc<AtomicBool>,
+    times: Arc<Mutex<Vec<Instant>>>,
+    handle: Mutex<Option<JoinHandle<String>>>,
+}
+
+/// What a flow's client does each tick.
+enum EchoKind {
+    Tcp(TcpStream),
+    Push(TcpStream),
+    Udp(UdpSocket),
+}
+
+impl Echoes {
+    /// Writes a byte every `every` on an echo connection; each byte back counts.
+    pub fn tcp(stream: TcpStream, every: Duration, limit: Duration) -> Echoes {
+        Self::start(EchoKind::Tcp(stream), every, limit)
+    }
+
+    /// Only reads: each byte the server pushes counts.
+    pub fn push(stream: TcpStream, every: Duration, limit: Duration) -> Echoes {
+        Self::start(EchoKind::Push(stream), every, limit)
+    }
+
+    /// Sends a datagram every `every` on a connected socket; each echo counts.
+    pub fn udp(socket: UdpSocket, every: Duration, limit: Duration) -> Echoes {
+        Self::start(EchoKind::Udp(socket), every, limit)
+    }
+
+    fn start(kind: EchoKind, every: Duration, limit: Duration) -> Echoes {
+        let stop = Arc::new(AtomicBool::new(false));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, times2) = (Arc::clone(&stop), Arc::clone(&times));
+        let handle = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut next = start;
+            let mut buf = [0u8; 1500];
+            let ticks = (limit.as_micros() / every.as_micros().max(1)) as usize + 1;
+            for _ in 0..ticks {
+                if stop2.load(Ordering::Relaxed) || start.elapsed() >= limit {
+                    return "stopped".to_string();
+                }
+                let sent = match &kind {
+                    EchoKind::Tcp(s) => (&*s).write_all(b"e"),
+                    EchoKind::Udp(s) => s.send(b"e").map(|_| ()),
+                    EchoKind::Push(_) => Ok(()),
+                };
+                if let Err(e) = sent {
+                    // UDP: ICMP errors surface on a later send; keep going.
+                    if !matches!(kind, EchoKind::Udp(_)) {
+                        return format!("send failed: {e}");
+                    }
+                }
+                next += every;
+                // Read whatever comes back until the next tick.
+                while let Some(left) = next.checked_duration_since(Instant::now()) {
+                    if left.is_zero() {
+                        break;
+                    }
+                    let got = match &kind {
+                        EchoKind::Tcp(s) | EchoKind::Push(s) => {
+                            let _ = s.set_read_timeout(Some(left));
+                            (&*s).read(&mut buf)
+                        }
+                        EchoKind::Udp(s) => {
+                            let _ = s.set_read_timeout(Some(left));
+                            s.recv(&mut buf)
+                        }
+                    };
+                    match got {
+                        Ok(0) if !matches!(kind, EchoKind::Udp(_)) => {
+                            return "closed by the peer".to_string()
+                        }
+                        Ok(n) => {
+                            let now = Instant::now();
+                            let answers = if matches!(kind, EchoKind::Udp(_)) {
+                                1
+                            } else {
+                                n
+                            };
+                            let mut t = times2.lock().expect("lock");
+                            t.extend(std::iter::repeat_n(now, answers));
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock
+                                    | std::io::ErrorKind::TimedOut
+                                    | std::io::ErrorKind::Interrupted
+                                    | std::io::ErrorKind::ConnectionRefused
+                            ) => {}
+                        Err(e) => return format!("receive failed: {e}"),
+                    }
+                }
+            }
+            "limit reached".to_string()
+        });
+        Echoes {
+            stop,
+            times,
+            handle: Mutex::new(Some(handle)),
+        }
+    }
+
+    /// When each answer arrived.
+    pub fn times(&self) -> Vec<Instant> {
+        self.times.lock().expect("lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.times.lock().expect("lock").len()
+    }
+
+    /// Answers that arrived after `t`.
+    pub fn after(&self, t: Instant) -> usize {
+        self.times().iter().filter(|&&x| x > t).count()
+    }
+
+    pub fn last(&self) -> Option<Instant> {
+        self.times().last().copied()
+    }
+
+    /// The longest time without an answer between `from` and `to`.
+    pub fn max_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut prev = from;
+        let mut gap = Duration::ZERO;
+        for t in self.times().into_iter().filter(|&t| t > from && t <= to) {
+            gap = gap.max(t - prev);
+            prev = t;
+        }
+        gap.max(to.saturating_duration_since(prev))
+    }
+
+    /// Stops the client; returns why its loop ended (`stopped` when it was still
+    /// running; empty when asked before).
+    pub fn stop(&self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        let handle = self.handle.lock().expect("lock").take();
+        handle
+            .map(|h| h.join().unwrap_or_else(|_| "panicked".to_string()))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Echoes {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
