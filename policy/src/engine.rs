@@ -629,21 +629,7 @@ fn order_tiers(cluster: &Cluster) -> Result<Vec<TierInfo>, PolicyError> {
         })
         .collect();
     for t in &cluster.tiers {
-        let object = format!("Tier {}", t.name);
-        if Tier::is_builtin_name(&t.name) {
-            return Err(PolicyError::invalid(
-                object,
-                "metadata.name",
-                "reserved tier name",
-            ));
-        }
-        if Tier::is_reserved_priority(t.priority) || !(0..=20000).contains(&t.priority) {
-            return Err(PolicyError::invalid(
-                object,
-                "spec.priority",
-                format!("{} is reserved or outside 0..=20000", t.priority),
-            ));
-        }
+        t.validate()?;
         let info = TierInfo {
             name: t.name.clone(),
             priority: t.priority,
@@ -652,7 +638,7 @@ fn order_tiers(cluster: &Cluster) -> Result<Vec<TierInfo>, PolicyError> {
         };
         if tiers.insert(t.name.clone(), info).is_some() {
             return Err(PolicyError::invalid(
-                object,
+                format!("Tier {}", t.name),
                 "metadata.name",
                 "duplicate tier",
             ));

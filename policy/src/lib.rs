@@ -12,6 +12,7 @@ pub mod compile;
 pub mod compiled;
 pub mod engine;
 pub mod error;
+pub mod index;
 pub mod model;
 pub mod podset;
 pub mod scenario;

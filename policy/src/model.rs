@@ -385,6 +385,26 @@ impl Tier {
     pub fn is_reserved_priority(priority: i32) -> bool {
         matches!(priority, 100 | 1000 | 10000)
     }
+
+    /// A user tier may not take a built-in name or priority (contract: tiers.md).
+    pub fn validate(&self) -> Result<(), crate::PolicyError> {
+        let object = format!("Tier {}", self.name);
+        if Tier::is_builtin_name(&self.name) {
+            return Err(crate::PolicyError::invalid(
+                object,
+                "metadata.name",
+                "reserved tier name",
+            ));
+        }
+        if Tier::is_reserved_priority(self.priority) || !(0..=20000).contains(&self.priority) {
+            return Err(crate::PolicyError::invalid(
+                object,
+                "spec.priority",
+                format!("{} is reserved or outside 0..=20000", self.priority),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A traffic direction, seen from the pod a policy selects.

@@ -523,3 +523,61 @@ pub const PROBES: [(Protocol, u16); 6] = [
     (Protocol::Tcp, 8080),
     (Protocol::Icmp, 0),
 ];
+
+/// Antrea's controller benchmark workload: `namespaces` namespaces, each with 4
+/// pods (two `app-1: scale-1`, two `app-2: scale-2`) and 3 NetworkPolicies
+/// (`default-deny-all`, and per label one selecting its pods and allowing ingress
+/// from pods with the same label), pods spread over `nodes` nodes.
+pub fn antrea_workload(namespaces: usize, nodes: usize) -> Cluster {
+    let mut c = Cluster::default();
+    for n in 0..nodes {
+        c.nodes.push(mk_node(
+            &format!("node-{n}"),
+            &[&format!("172.18.{}.{}", n / 250, n % 250 + 1)],
+        ));
+    }
+    let mut p = 0usize;
+    for i in 0..namespaces {
+        let ns = format!("ns-{i}");
+        c.namespaces.push(mk_ns(&ns, &[]));
+        for (k, v) in [
+            ("app-1", "scale-1"),
+            ("app-1", "scale-1"),
+            ("app-2", "scale-2"),
+            ("app-2", "scale-2"),
+        ] {
+            let ip = format!("10.{}.{}.{}", 1 + p / 65536, (p / 256) % 256, p % 256);
+            c.pods.push(mk_pod(
+                &ns,
+                &format!("pod-{p}"),
+                &ip,
+                &format!("node-{}", p % nodes),
+                &[(k, v)],
+            ));
+            p += 1;
+        }
+        c.policies.push(mk_np(
+            &ns,
+            "default-deny-all",
+            LabelSelector::everything(),
+            Some(vec![]),
+            Some(vec![]),
+        ));
+        for (name, k, v) in [
+            ("allow-app-1", "app-1", "scale-1"),
+            ("allow-app-2", "app-2", "scale-2"),
+        ] {
+            c.policies.push(mk_np(
+                &ns,
+                name,
+                sel(&[(k, v)]),
+                Some(vec![allow(
+                    Some(vec![pods_peer(None, &ns, sel(&[(k, v)]))]),
+                    None,
+                )]),
+                None,
+            ));
+        }
+    }
+    c
+}
