@@ -402,7 +402,12 @@ fn main() {
         Some("iv") => vec![3],
         _ => (0..CONFIGS.len()).collect(),
     };
-    let modes = [4usize, 1];
+    // CLIENTS=4 or CLIENTS=1 measures that mode alone.
+    let modes: Vec<usize> = match std::env::var("CLIENTS").ok().as_deref() {
+        Some("4") => vec![4],
+        Some("1") => vec![1],
+        _ => vec![4, 1],
+    };
     // results[mode][config] = one figure per round
     let mut results = vec![vec![Vec::with_capacity(rounds); CONFIGS.len()]; modes.len()];
     let mut errors = 0;
@@ -436,21 +441,45 @@ fn main() {
         "\nnew connections/s (connect, {MSG} B request, {MSG} B reply, close), {rounds} rounds \
          interleaved, {secs} s per run; min / median / max"
     );
-    println!("{:<30} {:>28} {:>28}", "", "4 clients", "1 client (serial)");
-    for &ci in &active {
-        let config = CONFIGS[ci];
-        let cell = |mi: usize| {
-            let (lo, med, hi) = stats(&results[mi][ci]);
-            format!("{lo:>8.0} {med:>8.0} {hi:>8.0}")
-        };
-        println!("{:<30} {:>28} {:>28}", config.label(), cell(0), cell(1));
+    let mode_name = |clients: usize| {
+        if clients == 1 {
+            "1 client (serial)".to_string()
+        } else {
+            format!("{clients} clients")
+        }
+    };
+    let mut header = format!("{:<30}", "");
+    for clients in &modes {
+        header.push_str(&format!(" {:>28}", mode_name(*clients)));
     }
+    println!("{header}");
     for &ci in &active {
-        println!(
-            "serial latency at the median, {}: {:.1} µs per connection",
-            CONFIGS[ci].label(),
-            1e6 / stats(&results[1][ci]).1
-        );
+        let mut line = format!("{:<30}", CONFIGS[ci].label());
+        for by_config in &results {
+            let (lo, med, hi) = stats(&by_config[ci]);
+            line.push_str(&format!(" {lo:>8.0} {med:>8.0} {hi:>8.0}   "));
+        }
+        println!("{line}");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (mi, clients) in modes.iter().enumerate() {
+        let what = if *clients == 1 {
+            "latency per connection (serial)".to_string()
+        } else {
+            format!("CPU per connection ({cpus} CPUs, {clients} clients)")
+        };
+        let per: Vec<String> = active
+            .iter()
+            .map(|&ci| {
+                let n = if *clients == 1 { 1.0 } else { cpus as f64 };
+                format!(
+                    "{} {:.1} µs",
+                    CONFIGS[ci].label().split_whitespace().next().unwrap_or(""),
+                    1e6 * n / stats(&results[mi][ci]).1
+                )
+            })
+            .collect();
+        println!("{what}, at the median: {}", per.join(", "));
     }
     if active.len() < CONFIGS.len() {
         return;
