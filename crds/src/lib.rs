@@ -33,7 +33,8 @@ pub mod upstream;
 
 pub use convert::{
     admin_network_policy, baseline_admin_network_policy, cluster_network_policy, network_policy,
-    parse_manifests, tier, tiered_network_policy, Manifests,
+    parse_manifests, parse_objects, tier, tiered_network_policy, ClusterObject, Manifests,
+    ObjectDocument, ObjectKey,
 };
 pub use error::CrdError;
 pub use scenario::{load_file, scenario_files, LoadError, Loaded};

@@ -16,8 +16,10 @@
 //! rule counts, reserved tier names.
 
 mod cluster;
+pub mod core;
 mod manifest;
 mod netpol;
+mod objects;
 
 #[cfg(test)]
 mod tests;
@@ -33,6 +35,7 @@ pub use cluster::{
 };
 pub use manifest::{parse_manifests, Manifests};
 pub use netpol::network_policy;
+pub use objects::{parse_objects, ClusterObject, ObjectDocument, ObjectKey};
 
 /// Where an object comes from, which decides what an unknown field means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
