@@ -181,6 +181,7 @@ fn decision(side: &SideVerdict) -> String {
     match &side.decision {
         Decision::NotAPod => "not a pod: judged on the pod side only".into(),
         Decision::SameNode => "a pod and its own node: always allowed".into(),
+        Decision::SamePod => "a pod's traffic to itself: always allowed".into(),
         Decision::NotSelected => "no policy selects it for this direction".into(),
         Decision::Rule {
             tier,

@@ -2,10 +2,11 @@
 //! rules make the kernel decide it.
 //!
 //! It mirrors the chain layout of [`crate::render`] step for step (node addresses
-//! never reach FORWARD; egress of every local pod that has the source address, then
-//! ingress of every local pod that has the destination address; tiers, policies and
-//! rules in order; sets and matches of the packet's family only) and works on the
-//! same checked copy of the rule set, so rules made fail-closed are decided alike.
+//! never reach FORWARD; a pod's traffic to itself is accepted first; egress of
+//! every local pod that has the source address, then ingress of every local pod
+//! that has the destination address; tiers, policies and rules in order; sets and
+//! matches of the packet's family only) and works on the same checked copy of the
+//! rule set, so rules made fail-closed are decided alike.
 //! Apply uses it to find the established connections a new state denies; tests
 //! cross-check it against the kernel.
 
@@ -102,8 +103,11 @@ impl Evaluator {
         let mut sides = Vec::new();
         let family = Family::of(&flow.src);
         // Mixed families cannot be one packet; traffic of this node's own addresses
-        // goes through INPUT/OUTPUT, where we install nothing.
+        // goes through INPUT/OUTPUT, where we install nothing; a pod's traffic to
+        // itself (hairpin through a Service) is always allowed (render: the
+        // `-s IP -d IP -j RETURN` rules before any pod chain).
         if family != Family::of(&flow.dst)
+            || flow.src == flow.dst
             || self.rs.node_ips.contains(&flow.src)
             || self.rs.node_ips.contains(&flow.dst)
         {

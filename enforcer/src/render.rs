@@ -12,6 +12,7 @@
 //! FORWARD ─► PALISADE-FORWARD
 //!              ctstate ESTABLISHED,RELATED → ACCEPT     (replies, related ICMP)
 //!              ctstate INVALID            → DROP
+//!              -s <ip> -d <ip> → RETURN   (a pod's traffic to itself, per isolated pod ip)
 //!              tcp, not a SYN, ctstate NEW → PALISADE-PICKUP     (when a pod is isolated)
 //!              -s <local pod ip> → <egress chain of that pod>     (one per isolated pod)
 //!              -d <local pod ip> → <ingress chain of that pod>
@@ -69,6 +70,13 @@
 //! Traffic between a local pod and its own node never crosses FORWARD (INPUT and
 //! OUTPUT of the node namespace), and we install nothing there, so it is always
 //! allowed, as the tiers contract requires.
+//!
+//! A pod's traffic to itself is always allowed too ("a pod cannot block access to
+//! itself"): through a Service that load-balances back to it, kube-proxy's DNAT
+//! (nat PREROUTING) runs before FORWARD and its hairpin masquerade (nat
+//! POSTROUTING) after, so FORWARD sees the pod's own address as source and
+//! destination; one `-s IP -d IP -j RETURN` per isolated local pod address lets it
+//! through before any pod chain.
 //!
 //! # Ids
 //!
@@ -548,6 +556,8 @@ impl<'a> FamilyRenderer<'a> {
         ];
         let mut dispatched = false;
         let mut pickup = Vec::new();
+        // Isolated local pods' addresses, for the hairpin rules.
+        let mut hairpin: Vec<(String, String)> = Vec::new();
         for direction in [Direction::Egress, Direction::Ingress] {
             for pod in &self.rs.pods {
                 let list = match direction {
@@ -578,6 +588,10 @@ impl<'a> FamilyRenderer<'a> {
                     Direction::Ingress => "-s",
                 };
                 for ip in ips {
+                    let host = host_prefix(ip);
+                    if !hairpin.iter().any(|(h, _)| *h == host) {
+                        hairpin.push((host, pod_label(pod)));
+                    }
                     forward.push(format!(
                         "-A {CHAIN_FORWARD} {flag} {} -m comment --comment \"{} {}\" -j {target}",
                         host_prefix(ip),
@@ -598,13 +612,22 @@ impl<'a> FamilyRenderer<'a> {
             forward.push(format!(
                 "-A {CHAIN_FORWARD} -m mark ! --mark 0x0/{mask} -j MARK --set-xmark 0x0/{mask}"
             ));
-            // Right after the conntrack rules: judged before any pod chain.
-            forward.insert(
-                2,
-                format!(
-                    "-A {CHAIN_FORWARD} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j {CHAIN_PICKUP}"
-                ),
-            );
+            // Right after the conntrack rules, judged before any pod chain: a pod's
+            // traffic to itself (hairpin: a Service that load-balances back to it,
+            // DNATed in nat PREROUTING, so FORWARD sees the pod's own address on
+            // both sides) is always allowed; then the pickup check.
+            let mut early: Vec<String> = hairpin
+                .iter()
+                .map(|(host, label)| {
+                    format!(
+                        "-A {CHAIN_FORWARD} -s {host} -d {host} -m comment --comment \"self {label}\" -j RETURN"
+                    )
+                })
+                .collect();
+            early.push(format!(
+                "-A {CHAIN_FORWARD} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j {CHAIN_PICKUP}"
+            ));
+            forward.splice(2..2, early);
             self.claim(CHAIN_PICKUP, format!("base chain {CHAIN_PICKUP}"))?;
             self.out.chains.insert(CHAIN_PICKUP.to_string(), pickup);
         }

@@ -130,6 +130,10 @@ pub enum Decision {
     NotAPod,
     /// A pod and the node it runs on: always allowed.
     SameNode,
+    /// A pod's traffic to itself (for instance through a Service that load-balances
+    /// back to it, "hairpin"): always allowed, whatever the policies say. The
+    /// Kubernetes documentation: "a pod cannot block access to itself".
+    SamePod,
     /// No policy selects the pod for this direction.
     NotSelected,
     /// A rule matched.
@@ -308,7 +312,7 @@ impl Engine {
     /// Whether the connection is allowed (the fast path: no explanation kept).
     pub fn allowed(&self, conn: &Connection) -> bool {
         let (src, dst) = (self.side(conn.src), self.side(conn.dst));
-        if self.same_node(src, dst) {
+        if self.same_pod(src, dst) || self.same_node(src, dst) {
             return true;
         }
         let egress = match src {
@@ -326,6 +330,13 @@ impl Engine {
     pub fn explain(&self, conn: &Connection) -> Verdict {
         let (src, dst) = (self.side(conn.src), self.side(conn.dst));
         let side = |local: Side, remote: Side, direction: Direction| {
+            if self.same_pod(src, dst) {
+                return SideVerdict {
+                    allowed: true,
+                    decision: Decision::SamePod,
+                    path: Vec::new(),
+                };
+            }
             if self.same_node(src, dst) {
                 return SideVerdict {
                     allowed: true,
@@ -372,6 +383,12 @@ impl Engine {
             Endpoint::Node(n) => Side::Node(n),
             Endpoint::External(ip) => Side::External(ip),
         }
+    }
+
+    /// Both sides are the same pod (with its own addresses; a host-network pod is
+    /// its node, and a node's traffic to itself never concerns a policy).
+    fn same_pod(&self, a: Side, b: Side) -> bool {
+        matches!((a, b), (Side::Pod(x), Side::Pod(y)) if x == y)
     }
 
     fn same_node(&self, a: Side, b: Side) -> bool {
