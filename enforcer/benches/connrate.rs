@@ -18,6 +18,9 @@
 //!
 //! Reported: connections per second, min / median / max over the rounds, and the
 //! ratios (iii)/(ii), (ii)/(i), (iv)/(ii) computed per round. Target: (iii)/(ii) ≥ 0.9.
+//! Each run waits (up to 20 s) for the machine to be quiet first, and the runs that
+//! started on a busy machine are counted: on a shared host, figures from a busy
+//! period are noise.
 //!
 //! `cargo bench -p palisade-enforcer --bench connrate` (root; not run in CI).
 //! `ROUNDS=N`, `RUN_SECS=S`; `ONLY=i|ii|iii|iv` runs one configuration alone (to
@@ -256,6 +259,40 @@ fn run(lab: &Lab, clients: usize, secs: f64) -> (f64, usize) {
     (total as f64 / start.elapsed().as_secs_f64(), errors)
 }
 
+/// (busy, total) jiffies of all CPUs so far, from `/proc/stat`.
+fn cpu_jiffies() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Waits (at most `QUIET_WAIT`) until the machine is quiet: under 10 % of its CPU
+/// busy over 250 ms (other processes on the host distort every figure). Returns
+/// whether it got quiet.
+fn wait_quiet() -> bool {
+    let start = Instant::now();
+    while start.elapsed() < QUIET_WAIT {
+        let (b0, t0) = cpu_jiffies();
+        std::thread::sleep(Duration::from_millis(250));
+        let (b1, t1) = cpu_jiffies();
+        if t1 > t0 && (b1 - b0) * 10 < (t1 - t0) {
+            return true;
+        }
+    }
+    false
+}
+
+const QUIET_WAIT: Duration = Duration::from_secs(20);
+
 struct Node<'a> {
     lab: &'a Lab,
     enforcer: Enforcer,
@@ -412,6 +449,7 @@ fn main() {
     let mut results = vec![vec![Vec::with_capacity(rounds); CONFIGS.len()]; modes.len()];
     let mut errors = 0;
     let mut conntrack_off = true;
+    let mut disturbed = 0;
     let started = Instant::now();
     for round in 0..rounds {
         for k in 0..active.len() {
@@ -420,6 +458,9 @@ fn main() {
             node.setup(config);
             for (mi, clients) in modes.iter().enumerate() {
                 node.flush_conntrack();
+                if !wait_quiet() {
+                    disturbed += 1;
+                }
                 let (rate, e) = run(&lab, *clients, secs);
                 results[mi][ci].push(rate);
                 errors += e;
@@ -481,6 +522,12 @@ fn main() {
             .collect();
         println!("{what}, at the median: {}", per.join(", "));
     }
+    println!(
+        "client errors: {errors}; conntrack off with no rules: {}; runs started on a busy \
+         machine (>10 % CPU in use by others after {} s of waiting): {disturbed}",
+        if conntrack_off { "yes" } else { "NO" },
+        QUIET_WAIT.as_secs()
+    );
     if active.len() < CONFIGS.len() {
         return;
     }
@@ -517,8 +564,4 @@ fn main() {
         }
         println!("{line}");
     }
-    println!(
-        "\nclient errors: {errors}; conntrack off with no rules: {}",
-        if conntrack_off { "yes" } else { "NO" }
-    );
 }
