@@ -9,6 +9,9 @@
 //! `iptables-save`, set members from `ipset save`) and rewrites every chain of ours,
 //! so a restarted enforcer converges without ever flushing. Order of one apply:
 //!
+//! 0. only when a local pod's address now belongs to another pod (a pod deleted
+//!    and its address given to a new one): `iptables-restore --noflush -w` per
+//!    family of that address, quarantining it (see [`Enforcer::apply`]);
 //! 1. `ipset restore -exist`: new sets created and filled, changed sets updated
 //!    (before any rule can reference them);
 //! 2. `iptables-restore --noflush -w` per family: changed chains replaced and stale
@@ -36,7 +39,9 @@ use serde::Serialize;
 use crate::check::check;
 use crate::error::{ApplyError, RuleIssue};
 use crate::eval::{Evaluator, Flow, Verdict, L4};
-use crate::names::{is_our_chain, is_our_set, CHAIN_FORWARD, HOOK_COMMENT, TEMP_SET_SUFFIX};
+use crate::names::{
+    is_our_chain, is_our_set, CHAIN_DENY, CHAIN_FORWARD, HOOK_COMMENT, TEMP_SET_SUFFIX,
+};
 use crate::render::{delta, render_checked, Delta, Installed, Members, RenderOptions};
 
 /// Which iptables implementation to drive.
@@ -143,6 +148,18 @@ impl Enforcer {
 
     /// Makes the kernel enforce `rs`, changing only what differs from what this
     /// enforcer installed last.
+    ///
+    /// Address reuse: when an address of a local pod now belongs to another local
+    /// pod (the old one deleted, its address given to a new one, often in another
+    /// namespace), sets and chains cannot both change at once. New sets with the
+    /// old chains would judge the new pod with the old pod's policy chains (its
+    /// egress allowances); old sets with new chains would match it as a peer by
+    /// the old pod's memberships. So before anything else, one restore per family
+    /// quarantines the address (`-s ADDR` / `-d ADDR` to PALISADE-DENY in
+    /// PALISADE-FORWARD, right after the conntrack rules: established connections
+    /// go on until revocation judges them); the sets change; the chains, quarantine gone, come
+    /// last. From the first change on, the address is denied or judged as the new
+    /// pod, never as the old one.
     pub fn apply(&mut self, rs: &NodeRuleSet) -> Result<ApplyReport, ApplyError> {
         let start = Instant::now();
         let (checked, issues) = check(rs)?;
@@ -155,10 +172,16 @@ impl Enforcer {
         )?;
         let evaluator = Evaluator::from_checked(checked.into_owned());
         let first = self.installed.is_none();
-        let (installed, leftovers) = match self.installed.take() {
+        let (mut installed, leftovers) = match self.installed.take() {
             Some(i) => (i, Vec::new()),
             None => self.read_installed()?,
         };
+        let reused = self
+            .previous
+            .as_ref()
+            .map(|old| reused_addresses(old.rule_set(), evaluator.rule_set()))
+            .unwrap_or_default();
+        self.quarantine(&mut installed, &reused)?;
         let deltas = [
             delta(&installed[0], &rendered.ipv4),
             delta(&installed[1], &rendered.ipv6),
@@ -190,6 +213,58 @@ impl Enforcer {
         self.previous = Some(evaluator);
         report.elapsed_us = start.elapsed().as_micros();
         Ok(report)
+    }
+
+    /// Step 0 of an apply (see [`Enforcer::apply`]): rewrites PALISADE-FORWARD of
+    /// each family that has a reused address as what is installed with the
+    /// quarantine rules first, and records it as installed (so the delta writes
+    /// the new chain over it). A family whose installed PALISADE-FORWARD is not
+    /// known (read back from the kernel after a failure) is left as it is.
+    fn quarantine(
+        &self,
+        installed: &mut [Installed; 2],
+        reused: &[IpAddr],
+    ) -> Result<(), ApplyError> {
+        for (i, family) in FAMILIES.iter().enumerate() {
+            let ips: Vec<&IpAddr> = reused
+                .iter()
+                .filter(|ip| Family::of(ip) == *family)
+                .collect();
+            if ips.is_empty() {
+                continue;
+            }
+            let Some(Some(current)) = installed[i].chains.get(CHAIN_FORWARD) else {
+                continue;
+            };
+            // After the conntrack rules: connections already established go on
+            // until revocation judges them; new ones from or to the address wait.
+            let keep = current
+                .iter()
+                .take_while(|l| l.contains(" -m conntrack --ctstate "))
+                .count();
+            let mut lines = Vec::with_capacity(current.len() + 2 * ips.len());
+            lines.extend(current[..keep].iter().cloned());
+            for ip in ips {
+                let host = IpNet::from(*ip);
+                for flag in ["-s", "-d"] {
+                    lines.push(format!(
+                        "-A {CHAIN_FORWARD} {flag} {host} -m comment --comment \"quarantine: address reused\" -j {CHAIN_DENY}"
+                    ));
+                }
+            }
+            lines.extend(current[keep..].iter().cloned());
+            let mut text = format!("*filter\n:{CHAIN_FORWARD} - [0:0]\n");
+            for l in &lines {
+                text.push_str(l);
+                text.push('\n');
+            }
+            text.push_str("COMMIT\n");
+            run_restore(&self.backend.restore(*family), &text)?;
+            installed[i]
+                .chains
+                .insert(CHAIN_FORWARD.to_string(), Some(lines));
+        }
+        Ok(())
     }
 
     fn execute(
@@ -358,6 +433,26 @@ impl Enforcer {
         self.previous = None;
         cleanup()
     }
+}
+
+/// Addresses of local pods in `new` that belonged to another local pod in `old`.
+fn reused_addresses(old: &NodeRuleSet, new: &NodeRuleSet) -> Vec<IpAddr> {
+    let by_address = |rs: &NodeRuleSet| -> BTreeMap<IpAddr, (String, String)> {
+        rs.pods
+            .iter()
+            .flat_map(|p| {
+                p.ips
+                    .iter()
+                    .map(move |ip| (*ip, (p.namespace.clone(), p.name.clone())))
+            })
+            .collect()
+    };
+    let owners = by_address(old);
+    by_address(new)
+        .into_iter()
+        .filter(|(ip, owner)| owners.get(ip).is_some_and(|old_owner| old_owner != owner))
+        .map(|(ip, _)| ip)
+        .collect()
 }
 
 /// Chooses the backend as kube-proxy's iptables wrapper does: count the rules
@@ -721,8 +816,14 @@ fn delete_conntrack(key: &CtKey) -> Result<usize, ApplyError> {
     }
     match run("conntrack", &args, None) {
         Ok(_) => Ok(1),
-        // conntrack exits 1 when nothing matched: the connection ended meanwhile.
-        Err(ApplyError::Command { stderr, .. }) if stderr.contains("0 flow entries") => Ok(0),
+        // conntrack exits 1 when nothing matched: the connection ended meanwhile
+        // (or its entry went between the listing and the delete: ENOENT).
+        Err(ApplyError::Command { stderr, .. })
+            if stderr.contains("0 flow entries")
+                || stderr.contains("such conntrack doesn't exist") =>
+        {
+            Ok(0)
+        }
         Err(e) => Err(e),
     }
 }
@@ -782,6 +883,37 @@ mod tests {
             ),
             Some(3)
         );
+    }
+
+    #[test]
+    fn finds_reused_addresses() {
+        let pod = |ns: &str, name: &str, ips: &[&str]| palisade_policy::compiled::LocalPod {
+            namespace: ns.into(),
+            name: name.into(),
+            ips: ips.iter().map(|i| i.parse().expect("ip")).collect(),
+            ingress: Vec::new(),
+            egress: Vec::new(),
+        };
+        let state = |pods| NodeRuleSet {
+            pods,
+            ..NodeRuleSet::default()
+        };
+        let old = state(vec![
+            pod("a", "old", &["10.0.0.1", "fd00::1"]),
+            pod("a", "same", &["10.0.0.2"]),
+            pod("a", "gone", &["10.0.0.3"]),
+        ]);
+        let new = state(vec![
+            pod("b", "new", &["10.0.0.1", "fd00::1"]),
+            pod("a", "same", &["10.0.0.2"]),
+            pod("a", "fresh", &["10.0.0.4"]),
+        ]);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            reused_addresses(&old, &new),
+            vec![ip("10.0.0.1"), ip("fd00::1")]
+        );
+        assert!(reused_addresses(&old, &old).is_empty());
     }
 
     #[test]
