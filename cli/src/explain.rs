@@ -1,12 +1,13 @@
 //! `palisade explain`: one connection of a scenario, with the path of the decision.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use palisade_crds::scenario::load_file;
-use palisade_policy::engine::{Decision, SideVerdict, TierOutcome, Verdict};
-use palisade_policy::model::{Family, Protocol};
+use palisade_policy::engine::{Decision, Engine, SideVerdict, TierOutcome, TierVisit, Verdict};
+use palisade_policy::model::{Direction, Family, PolicyId, Protocol, TIER_NETWORKPOLICY};
 use palisade_policy::scenario::Scenario;
 
 use crate::Output;
@@ -90,7 +91,7 @@ fn explain(args: &Args) -> Result<(Verdict, String)> {
             "{}\n",
             serde_json::to_string_pretty(&verdict).context("encoding the verdict")?
         ),
-        Output::Plain => plain(args, &args.port, &verdict),
+        Output::Plain => plain(args, &args.port, &verdict, &loaded.engine),
     };
     Ok((verdict, text))
 }
@@ -124,7 +125,7 @@ fn parse_port(scenario: &Scenario, text: &str) -> Result<(u16, Protocol)> {
         })
 }
 
-fn plain(args: &Args, port: &str, verdict: &Verdict) -> String {
+fn plain(args: &Args, port: &str, verdict: &Verdict, engine: &Engine) -> String {
     let word = |allowed: bool| if allowed { "ALLOWED" } else { "DENIED" };
     let family = match args.family {
         FamilyArg::Ipv4 => "IPv4",
@@ -136,19 +137,33 @@ fn plain(args: &Args, port: &str, verdict: &Verdict) -> String {
         args.to,
         word(verdict.allowed)
     );
-    for (label, who, side) in [
-        ("egress", &args.from, &verdict.egress),
-        ("ingress", &args.to, &verdict.ingress),
+    for (direction, who, side) in [
+        (Direction::Egress, &args.from, &verdict.egress),
+        (Direction::Ingress, &args.to, &verdict.ingress),
     ] {
         out.push_str(&format!(
-            "  {label} of {who}: {} ({})\n",
+            "  {} of {who}: {} ({})\n",
+            direction.as_str(),
             word(side.allowed),
             decision(side)
         ));
         for visit in &side.path {
             let policies: Vec<String> = visit.policies.iter().map(ToString::to_string).collect();
             let outcome = match &visit.outcome {
-                TierOutcome::Decided => "decided".to_string(),
+                // The deciding visit is the path's last: the side's decision names the rule.
+                TierOutcome::Decided => match &side.decision {
+                    Decision::Rule {
+                        policy,
+                        rule_index,
+                        rule_name,
+                        action,
+                        ..
+                    } => format!(
+                        "{action:?} by {policy} rule {}",
+                        rule_label(*rule_index, rule_name)
+                    ),
+                    _ => "decided".to_string(),
+                },
                 TierOutcome::Passed {
                     policy,
                     rule_index,
@@ -161,13 +176,82 @@ fn plain(args: &Args, port: &str, verdict: &Verdict) -> String {
                 TierOutcome::DefaultDeny => "no rule matched, denied by the tier".to_string(),
             };
             out.push_str(&format!(
-                "    tier {}: {outcome}; policies: {}\n",
+                "    tier {}{}: {outcome}; policies: {}\n",
                 visit.tier,
+                tier_label(engine, &visit.tier),
                 policies.join(", ")
             ));
+            for note in notes(engine, direction, visit) {
+                out.push_str(&format!("      note: {note}\n"));
+            }
         }
     }
     out
+}
+
+/// ` (priority N, default Deny)`, or what a missing tier is enforced as.
+fn tier_label(engine: &Engine, name: &str) -> String {
+    match engine.tiers().iter().find(|t| t.name == name) {
+        Some(t) if t.missing => {
+            " (no such Tier: fail-closed at priority 0, Deny rules only)".into()
+        }
+        Some(t) if t.is_networkpolicy() => format!(" (priority {})", t.priority),
+        Some(t) => format!(" (priority {}, default {:?})", t.priority, t.default_action),
+        None => String::new(),
+    }
+}
+
+/// What a reader of one tier visit should also know: the engine's diagnostics about its
+/// policies in this direction (fail-closed peers), a tier priority shared with another tier,
+/// and policies of equal priority (ordered by kind, then name).
+fn notes(engine: &Engine, direction: Direction, visit: &TierVisit) -> Vec<String> {
+    let mut notes = Vec::new();
+    let rules_field = format!("spec.{}", direction.as_str());
+    for d in engine.diagnostics() {
+        if visit.policies.contains(&d.policy) && d.field.starts_with(&rules_field) {
+            notes.push(format!("{} {}: {}", d.policy, d.field, d.message));
+        }
+    }
+    if let Some(tier) = engine.tiers().iter().find(|t| t.name == visit.tier) {
+        let shared: Vec<&str> = engine
+            .tiers()
+            .iter()
+            .filter(|t| t.priority == tier.priority && t.name != tier.name)
+            .map(|t| t.name.as_str())
+            .collect();
+        if !shared.is_empty() {
+            notes.push(format!(
+                "priority {} is shared with tier {}: tiers of equal priority are ordered by name",
+                tier.priority,
+                shared.join(", ")
+            ));
+        }
+    }
+    let priority = |id: &PolicyId| {
+        engine
+            .cluster()
+            .policies
+            .iter()
+            .find(|p| &p.id == id)
+            .map(|p| p.priority)
+    };
+    if visit.tier != TIER_NETWORKPOLICY {
+        let mut by_priority: BTreeMap<i32, Vec<&PolicyId>> = BTreeMap::new();
+        for id in &visit.policies {
+            if let Some(p) = priority(id) {
+                by_priority.entry(p).or_default().push(id);
+            }
+        }
+        for (p, ids) in by_priority.into_iter().filter(|(_, ids)| ids.len() > 1) {
+            let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            notes.push(format!(
+                "equal priority {p}: {} (ordered by kind: ClusterNetworkPolicy, then \
+                 (Baseline)AdminNetworkPolicy, then TieredNetworkPolicy; then by name)",
+                names.join(", ")
+            ));
+        }
+    }
+    notes
 }
 
 fn rule_label(index: usize, name: &Option<String>) -> String {

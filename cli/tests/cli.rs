@@ -178,3 +178,73 @@ fn explain_json_is_the_verdict() {
     assert_eq!(v["allowed"], false);
     assert_eq!(v["ingress"]["decision"]["kind"], "noRuleMatched");
 }
+
+fn explain_tiers(file: &str, from: &str, to: &str, port: &str) -> (Option<i32>, String) {
+    let path = format!("e2e/scenarios/{file}.yaml");
+    let o = palisade(&["explain", &path, "--from", from, "--to", to, "--port", port]);
+    (o.status.code(), stdout(&o))
+}
+
+#[test]
+fn explain_shows_every_tier_visited_with_the_rule_that_passed_or_decided() {
+    let (code, out) = explain_tiers("tier-tnp-pass-through-every-tier", "y/a", "x/b", "80/TCP");
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "tier first (priority 10, default Pass): passed by TieredNetworkPolicy first-pass rule 0",
+        "tier admin (priority 100, default Pass): passed by ClusterNetworkPolicy admin-pass rule 0",
+        "tier middle (priority 500, default Deny): passed by TieredNetworkPolicy middle-pass rule 0",
+        "tier late (priority 5000, default Pass): passed by TieredNetworkPolicy late-pass rule 0",
+        "tier baseline (priority 10000, default Pass): passed by ClusterNetworkPolicy baseline-pass",
+        "tier last (priority 15000, default Deny): Accept by TieredNetworkPolicy last-accept rule 0",
+    ] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+    let (code, out) = explain_tiers("tier-tnp-pass-through-every-tier", "z/a", "x/b", "80/TCP");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("tier last denies by default"), "{out}");
+    assert!(
+        out.contains(
+            "tier last (priority 15000, default Deny): no rule matched, denied by the tier"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_notes_fail_closed_rules_missing_tiers_and_ties() {
+    let (code, out) = explain_tiers(
+        "tier-tnp-missing-tier-fail-closed-pass-still-denies",
+        "x/a",
+        "ext:ext1",
+        "80/UDP",
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("tier nonexistent (no such Tier: fail-closed at priority 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("note: TieredNetworkPolicy pass-domains spec.egress[0]: unsupported peer"),
+        "{out}"
+    );
+    let (_, out) = explain_tiers(
+        "tier-tnp-equal-tier-priorities-ordered-by-name",
+        "y/a",
+        "x/b",
+        "80/TCP",
+    );
+    assert!(
+        out.contains("priority 500 is shared with tier beta"),
+        "{out}"
+    );
+    let (_, out) = explain_tiers(
+        "tier-anp-equal-priority-cnp-then-anp-then-tnp",
+        "z/a",
+        "x/b",
+        "80/TCP",
+    );
+    assert!(
+        out.contains("note: equal priority 10: ClusterNetworkPolicy zz-cnp, AdminNetworkPolicy aa-anp, TieredNetworkPolicy aa-tnp"),
+        "{out}"
+    );
+}
