@@ -46,11 +46,12 @@ impl Hub {
     }
 
     /// Publishes new states (the ones a commit reported as changed).
-    pub fn publish(&self, states: Vec<NodeRuleSet>) {
+    pub fn publish<S: Into<Arc<NodeRuleSet>>>(&self, states: impl IntoIterator<Item = S>) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         for state in states {
+            let state: Arc<NodeRuleSet> = state.into();
             let node = state.node.clone();
-            let state = Some(Arc::new(state));
+            let state = Some(state);
             match nodes.get(&node) {
                 Some(tx) => {
                     tx.send_replace(state);

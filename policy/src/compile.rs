@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 
 use crate::compiled::*;
 use crate::engine::{Engine, PeerMatch, PreparedRule};
@@ -24,12 +25,13 @@ pub fn compile_node(engine: &Engine, node: &str, version: u64) -> NodeRuleSet {
         .find(|n| n.name == node)
         .map(|n| n.ips.clone())
         .unwrap_or_default();
-    let local: Vec<usize> = cluster
-        .pods
+    let local: Vec<usize> = engine
+        .node_index(node)
+        .map(|n| engine.lookup.node_pods[n].as_slice())
+        .unwrap_or_default()
         .iter()
-        .enumerate()
-        .filter(|(_, p)| p.node.as_deref() == Some(node) && !p.host_network && !p.ips.is_empty())
-        .map(|(i, _)| i)
+        .map(|&p| p as usize)
+        .filter(|&p| !cluster.pods[p].host_network && !cluster.pods[p].ips.is_empty())
         .collect();
     let mut c = Compiler {
         engine,
@@ -41,10 +43,10 @@ pub fn compile_node(engine: &Engine, node: &str, version: u64) -> NodeRuleSet {
             ..NodeRuleSet::default()
         },
         tier_map: BTreeMap::new(),
-        policy_map: BTreeMap::new(),
+        policy_map: FxHashMap::default(),
     };
     // Which local pods each policy selects, per direction (ingress named ports need it).
-    let mut selects: BTreeMap<(u32, Direction), Vec<usize>> = BTreeMap::new();
+    let mut selects: FxHashMap<(u32, Direction), Vec<usize>> = FxHashMap::default();
     for &pod in &local {
         for direction in [Direction::Ingress, Direction::Egress] {
             for &p in engine.selected[dir(direction)][pod].iter() {
@@ -83,7 +85,7 @@ struct Compiler<'a> {
     /// Engine tier index → compiled tier index.
     tier_map: BTreeMap<usize, usize>,
     /// Engine policy index → compiled policy index.
-    policy_map: BTreeMap<u32, usize>,
+    policy_map: FxHashMap<u32, usize>,
 }
 
 impl Compiler<'_> {
@@ -91,7 +93,7 @@ impl Compiler<'_> {
         &mut self,
         pod: usize,
         direction: Direction,
-        selects: &BTreeMap<(u32, Direction), Vec<usize>>,
+        selects: &FxHashMap<(u32, Direction), Vec<usize>>,
     ) -> Vec<TierPolicies> {
         let mut groups: Vec<TierPolicies> = Vec::new();
         for &p in &self.engine.selected[dir(direction)][pod] {
@@ -147,7 +149,7 @@ impl Compiler<'_> {
     fn compiled_policy(
         &mut self,
         p: u32,
-        selects: &BTreeMap<(u32, Direction), Vec<usize>>,
+        selects: &FxHashMap<(u32, Direction), Vec<usize>>,
     ) -> usize {
         if let Some(&i) = self.policy_map.get(&p) {
             return i;
@@ -350,7 +352,8 @@ impl Compiler<'_> {
         match peers {
             PeerMatch::Any => true,
             PeerMatch::Some { pods, blocks, .. } => {
-                pods.iter().any(|s| s.contains(pod))
+                pods.iter()
+                    .any(|&s| self.engine.lookup.peer_sets[s].contains(pod))
                     || blocks.iter().any(|(cidr, except)| {
                         cidr.contains(&ip) && !except.iter().any(|x| x.contains(&ip))
                     })
@@ -377,8 +380,8 @@ impl Compiler<'_> {
         };
         let cluster = self.engine.cluster();
         let mut members: BTreeSet<usize> = BTreeSet::new();
-        for set in pods {
-            members.extend(set.iter());
+        for &set in pods {
+            members.extend(self.engine.lookup.peer_sets[set].iter());
         }
         let mut sets = Vec::new();
         for family in [Family::IPv4, Family::IPv6] {

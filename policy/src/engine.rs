@@ -5,14 +5,14 @@
 //! order), and every pod peer to a [`PodSet`]. A verdict is then a walk over the few
 //! policies of two pods, with set lookups for peers: no label matching per query.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::lookup::Lookup;
 use crate::model::*;
-use crate::podset::PodSet;
 use crate::PolicyError;
 
 /// One side of a connection.
@@ -58,7 +58,8 @@ impl TierInfo {
 pub(crate) enum PeerMatch {
     Any,
     Some {
-        pods: Vec<std::sync::Arc<PodSet>>,
+        /// Indices into the engine's peer sets.
+        pods: Vec<usize>,
         /// Indices into the cluster's nodes.
         nodes: Vec<usize>,
         blocks: Vec<(IpNet, Vec<IpNet>)>,
@@ -80,6 +81,7 @@ pub(crate) struct PreparedRule {
 #[derive(Clone, Debug)]
 pub(crate) struct PreparedPolicy {
     pub id: PolicyId,
+    pub subject: Subject,
     pub tier: usize,
     pub ingress: Option<Vec<PreparedRule>>,
     pub egress: Option<Vec<PreparedRule>>,
@@ -111,7 +113,7 @@ pub struct Engine {
     pub(crate) policies: Vec<PreparedPolicy>,
     /// Per direction (0 ingress, 1 egress), per pod: policy indices in order.
     pub(crate) selected: [Vec<Vec<u32>>; 2],
-    pub(crate) pod_node: Vec<Option<usize>>,
+    pub(crate) lookup: Lookup,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -220,9 +222,8 @@ impl Engine {
     pub fn new(cluster: Cluster) -> Result<Engine, PolicyError> {
         let tiers = order_tiers(&cluster)?;
         check_unique_policies(&cluster.policies)?;
-        let mut builder = Builder::new(&cluster);
+        let mut lookup = Lookup::new(&cluster);
         let mut diagnostics = Vec::new();
-        let mut policies: Vec<PreparedPolicy> = Vec::with_capacity(cluster.policies.len());
         let mut order: Vec<(usize, &Policy)> = cluster
             .policies
             .iter()
@@ -244,6 +245,7 @@ impl Engine {
                     &b.id.name,
                 ))
         });
+        let mut policies: Vec<PreparedPolicy> = Vec::with_capacity(order.len());
         for (tier, policy) in order {
             let missing = tiers[tier].missing;
             if missing {
@@ -256,20 +258,147 @@ impl Engine {
                     ),
                 });
             }
-            policies.push(builder.prepare(policy, tier, missing, &mut diagnostics));
+            let mut prepare = Prepare {
+                cluster: &cluster,
+                lookup: &mut lookup,
+                user: policies.len() as u32,
+            };
+            policies.push(prepare.policy(policy, tier, missing, &mut diagnostics));
         }
-        let by_id: HashMap<&PolicyId, &Policy> =
-            cluster.policies.iter().map(|p| (&p.id, p)).collect();
-        let selected = builder.select(&policies, &by_id);
-        let pod_node = builder.pod_node;
+        lookup.finish(&policies);
+        let mut selected = [
+            vec![Vec::new(); cluster.pods.len()],
+            vec![Vec::new(); cluster.pods.len()],
+        ];
+        for (i, policy) in policies.iter().enumerate() {
+            let subjects = lookup.subject_pods(&cluster, &policy.subject);
+            for (d, direction) in [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .enumerate()
+            {
+                if policy.rules(direction).is_some() {
+                    for &p in &subjects {
+                        selected[d][p as usize].push(i as u32);
+                    }
+                }
+            }
+        }
         Ok(Engine {
             cluster,
             tiers,
             policies,
             selected,
-            pod_node,
+            lookup,
             diagnostics,
         })
+    }
+
+    /// Adds or changes one pod in place, when that can be done without a rebuild:
+    /// its namespace and node are known and its node, namespace, host-network flag
+    /// and container ports are unchanged. Returns the indices of the nodes whose
+    /// compiled rules may have changed, or `None` (and changes nothing) when the
+    /// cluster must be re-indexed instead.
+    pub(crate) fn upsert_pod(&mut self, pod: Pod) -> Option<BTreeSet<usize>> {
+        let ns = *self.lookup.ns_index.get(&pod.namespace)?;
+        if let Some(node) = &pod.node {
+            self.lookup.node_index.get(node)?;
+        }
+        let slot = self
+            .lookup
+            .pod_slots
+            .get(&(pod.namespace.clone(), pod.name.clone()))
+            .copied();
+        let (p, labels_changed, ips_changed) = match slot {
+            Some(p) => {
+                let old = &self.cluster.pods[p];
+                if old.node != pod.node
+                    || old.host_network != pod.host_network
+                    || old.ports != pod.ports
+                {
+                    return None;
+                }
+                (p, old.labels != pod.labels, old.ips != pod.ips)
+            }
+            None => {
+                // Appended as a pod with no labels, sets or selections yet.
+                let p = self.lookup.push_pod(&pod);
+                self.cluster.pods.push(pod.clone());
+                self.selected[0].push(Vec::new());
+                self.selected[1].push(Vec::new());
+                (p, true, true)
+            }
+        };
+        let mut nodes = BTreeSet::new();
+        if !labels_changed && !ips_changed {
+            return Some(nodes);
+        }
+        let node = self.lookup.pod_node[p];
+        // The sets that hold (or now hold) the pod change their members or addresses.
+        let mut changed_sets = Vec::new();
+        if !pod.host_network {
+            for &s in &self.lookup.ns_peer_sets[ns] {
+                let member = self.lookup.peer_keys[s].1.matches(&pod.labels);
+                let was = slot.is_some() && self.lookup.peer_sets[s].contains(p);
+                if member != was {
+                    self.lookup.peer_sets[s].set(p, member);
+                }
+                if member != was || (member && ips_changed) {
+                    changed_sets.push(s);
+                }
+            }
+        }
+        // The pod's own policies, per direction, in evaluation order.
+        let mut candidates: Vec<u32> = self.lookup.ns_policies[ns]
+            .iter()
+            .chain(&self.lookup.cluster_policies)
+            .copied()
+            .collect();
+        candidates.sort_unstable();
+        for (d, direction) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .enumerate()
+        {
+            let list: Vec<u32> = if pod.host_network {
+                Vec::new()
+            } else {
+                candidates
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let policy = &self.policies[i as usize];
+                        policy.rules(direction).is_some()
+                            && self
+                                .lookup
+                                .subject_selects(&policy.subject, ns, &pod.labels)
+                    })
+                    .collect()
+            };
+            if self.selected[d][p] != list {
+                self.selected[d][p] = list;
+                nodes.extend(node);
+            }
+        }
+        if ips_changed {
+            nodes.extend(node);
+        }
+        self.cluster.pods[p] = pod;
+        let mut touched: BTreeSet<u32> = changed_sets
+            .iter()
+            .flat_map(|&s| self.lookup.peer_users[s].iter().copied())
+            .collect();
+        touched.extend(self.lookup.named_egress.iter().copied());
+        for policy in touched {
+            nodes.extend(
+                self.lookup
+                    .policy_nodes(&self.cluster, &self.policies[policy as usize]),
+            );
+        }
+        Some(nodes)
+    }
+
+    /// Gives the cluster back (to rebuild after changes the index cannot apply in place).
+    pub fn into_cluster(self) -> Cluster {
+        self.cluster
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -287,14 +416,14 @@ impl Engine {
     }
 
     pub fn pod_index(&self, namespace: &str, name: &str) -> Option<usize> {
-        self.cluster
-            .pods
-            .iter()
-            .position(|p| p.namespace == namespace && p.name == name)
+        self.lookup
+            .pod_slots
+            .get(&(namespace.to_string(), name.to_string()))
+            .copied()
     }
 
     pub fn node_index(&self, name: &str) -> Option<usize> {
-        self.cluster.nodes.iter().position(|n| n.name == name)
+        self.lookup.node_index.get(name).copied()
     }
 
     /// The policies that select a pod for a direction, in evaluation order.
@@ -373,11 +502,13 @@ impl Engine {
     fn side(&self, endpoint: Endpoint) -> Side {
         match endpoint {
             Endpoint::Pod(p) => match self.cluster.pods.get(p) {
-                Some(pod) if pod.host_network => match self.pod_node.get(p).copied().flatten() {
-                    Some(n) => Side::Node(n),
-                    // A host-network pod on no known node: nothing to match it by.
-                    None => Side::External(IpAddr::from([0, 0, 0, 0])),
-                },
+                Some(pod) if pod.host_network => {
+                    match self.lookup.pod_node.get(p).copied().flatten() {
+                        Some(n) => Side::Node(n),
+                        // A host-network pod on no known node: nothing to match it by.
+                        None => Side::External(IpAddr::from([0, 0, 0, 0])),
+                    }
+                }
                 _ => Side::Pod(p),
             },
             Endpoint::Node(n) => Side::Node(n),
@@ -392,7 +523,7 @@ impl Engine {
     }
 
     fn same_node(&self, a: Side, b: Side) -> bool {
-        let pod_on = |p: usize, n: usize| self.pod_node.get(p).copied().flatten() == Some(n);
+        let pod_on = |p: usize, n: usize| self.lookup.pod_node.get(p).copied().flatten() == Some(n);
         match (a, b) {
             (Side::Pod(p), Side::Node(n)) | (Side::Node(n), Side::Pod(p)) => pod_on(p, n),
             _ => false,
@@ -508,7 +639,7 @@ impl Engine {
                     blocks,
                 } => {
                     (match remote {
-                        Side::Pod(p) => pods.iter().any(|s| s.contains(p)),
+                        Side::Pod(p) => pods.iter().any(|&s| self.lookup.peer_sets[s].contains(p)),
                         Side::Node(n) => nodes.contains(&n),
                         Side::External(_) => false,
                     }) || remote_ip.is_some_and(|ip| {
@@ -703,107 +834,16 @@ fn check_unique_policies(policies: &[Policy]) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// Resolves selectors against the cluster, caching each distinct one.
-struct Builder<'a> {
+/// Prepares policies: fail-closed applied, peers resolved to sets.
+struct Prepare<'a> {
     cluster: &'a Cluster,
-    /// Namespace name → index; pods of unknown namespaces get an unlabelled one.
-    ns_index: HashMap<&'a str, usize>,
-    ns_labels: Vec<Labels>,
-    /// Per namespace, its pods (host-network ones excluded) in ascending order.
-    ns_pods: Vec<Vec<u32>>,
-    pod_node: Vec<Option<usize>>,
-    peer_cache: HashMap<(NamespaceMatch, LabelSelector), std::sync::Arc<PodSet>>,
+    lookup: &'a mut Lookup,
+    /// The index the policy being prepared will have.
+    user: u32,
 }
 
-impl<'a> Builder<'a> {
-    fn new(cluster: &'a Cluster) -> Self {
-        let mut ns_index: HashMap<&str, usize> = HashMap::new();
-        let mut ns_labels = Vec::new();
-        for ns in &cluster.namespaces {
-            ns_index.entry(&ns.name).or_insert_with(|| {
-                ns_labels.push(ns.labels.clone());
-                ns_labels.len() - 1
-            });
-        }
-        let mut pod_ns = Vec::with_capacity(cluster.pods.len());
-        for pod in &cluster.pods {
-            let i = *ns_index.entry(&pod.namespace).or_insert_with(|| {
-                ns_labels.push(Labels::new());
-                ns_labels.len() - 1
-            });
-            pod_ns.push(i);
-        }
-        let mut ns_pods = vec![Vec::new(); ns_labels.len()];
-        for (i, pod) in cluster.pods.iter().enumerate() {
-            if !pod.host_network {
-                ns_pods[pod_ns[i]].push(i as u32);
-            }
-        }
-        let node_index: HashMap<&str, usize> = cluster
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i))
-            .collect();
-        let pod_node = cluster
-            .pods
-            .iter()
-            .map(|p| p.node.as_deref().and_then(|n| node_index.get(n).copied()))
-            .collect();
-        Builder {
-            cluster,
-            ns_index,
-            ns_labels,
-            ns_pods,
-            pod_node,
-            peer_cache: HashMap::new(),
-        }
-    }
-
-    fn namespaces_matching(&self, sel: &LabelSelector) -> impl Iterator<Item = usize> + '_ {
-        let sel = sel.clone();
-        (0..self.ns_labels.len()).filter(move |&i| sel.matches(&self.ns_labels[i]))
-    }
-
-    /// Pods (never host-network) of the namespaces that match, whose labels match.
-    fn pods_in(&self, namespaces: &[usize], pods: &LabelSelector) -> Vec<u32> {
-        let mut out: Vec<u32> = namespaces
-            .iter()
-            .flat_map(|&ns| self.ns_pods[ns].iter().copied())
-            .filter(|&p| pods.matches(&self.cluster.pods[p as usize].labels))
-            .collect();
-        out.sort_unstable();
-        out
-    }
-
-    fn namespace_list(&self, m: &NamespaceMatch) -> Vec<usize> {
-        match m {
-            NamespaceMatch::Named(name) => self
-                .ns_index
-                .get(name.as_str())
-                .copied()
-                .into_iter()
-                .collect(),
-            NamespaceMatch::Selector(sel) => self.namespaces_matching(sel).collect(),
-        }
-    }
-
-    fn peer_pods(
-        &mut self,
-        namespaces: &NamespaceMatch,
-        pods: &LabelSelector,
-    ) -> std::sync::Arc<PodSet> {
-        let key = (namespaces.clone(), pods.clone());
-        if let Some(set) = self.peer_cache.get(&key) {
-            return set.clone();
-        }
-        let list = self.pods_in(&self.namespace_list(namespaces), pods);
-        let set = std::sync::Arc::new(PodSet::from_sorted(list, self.cluster.pods.len()));
-        self.peer_cache.insert(key, set.clone());
-        set
-    }
-
-    fn prepare(
+impl Prepare<'_> {
+    fn policy(
         &mut self,
         policy: &Policy,
         tier: usize,
@@ -825,6 +865,7 @@ impl<'a> Builder<'a> {
         let egress = prepare_dir(Direction::Egress);
         PreparedPolicy {
             id: policy.id.clone(),
+            subject: policy.subject.clone(),
             tier,
             ingress,
             egress,
@@ -898,7 +939,11 @@ impl<'a> Builder<'a> {
                 Peer::Pods {
                     namespaces,
                     pods: sel,
-                } => pods.push(self.peer_pods(namespaces, sel)),
+                } => pods.push(self.lookup.peer_set(
+                    self.cluster,
+                    &(namespaces.clone(), sel.clone()),
+                    self.user,
+                )),
                 Peer::IpBlock { cidr, except } => blocks.push((*cidr, except.clone())),
                 Peer::Nodes(sel) => nodes.extend(
                     self.cluster
@@ -918,52 +963,6 @@ impl<'a> Builder<'a> {
             pods,
             nodes,
             blocks,
-        }
-    }
-
-    /// For every pod and direction, the policies that select it, in order.
-    fn select(
-        &mut self,
-        policies: &[PreparedPolicy],
-        by_id: &HashMap<&PolicyId, &Policy>,
-    ) -> [Vec<Vec<u32>>; 2] {
-        let mut selected = [
-            vec![Vec::new(); self.cluster.pods.len()],
-            vec![Vec::new(); self.cluster.pods.len()],
-        ];
-        for (i, prepared) in policies.iter().enumerate() {
-            let Some(policy) = by_id.get(&prepared.id) else {
-                continue;
-            };
-            let subjects = self.subject_pods(&policy.subject);
-            for (d, direction) in [Direction::Ingress, Direction::Egress]
-                .into_iter()
-                .enumerate()
-            {
-                if prepared.rules(direction).is_some() {
-                    for &p in &subjects {
-                        selected[d][p as usize].push(i as u32);
-                    }
-                }
-            }
-        }
-        selected
-    }
-
-    fn subject_pods(&self, subject: &Subject) -> Vec<u32> {
-        match subject {
-            Subject::Namespaced { namespace, pods } => self.pods_in(
-                &self.namespace_list(&NamespaceMatch::Named(namespace.clone())),
-                pods,
-            ),
-            Subject::Namespaces(sel) => {
-                let ns: Vec<usize> = self.namespaces_matching(sel).collect();
-                self.pods_in(&ns, &LabelSelector::everything())
-            }
-            Subject::Pods { namespaces, pods } => {
-                let ns: Vec<usize> = self.namespaces_matching(namespaces).collect();
-                self.pods_in(&ns, pods)
-            }
         }
     }
 }

@@ -3,28 +3,50 @@
 //! states with versions that move only when a node's rules change.
 //!
 //! ```text
-//!   apply_* / delete_* ──► ClusterIndex ──commit()──► changed NodeRuleSets (versioned)
+//!   apply_* / delete_* ──► pending changes ──commit()──► changed NodeRuleSets (versioned)
 //! ```
+//!
+//! A commit applies pod changes to the engine in place and recompiles only the
+//! nodes they affect; any other change (a policy, a namespace, a node, a tier, a
+//! deleted pod) re-indexes the cluster and recompiles every node, keeping only the
+//! states that really changed. The engine owns the one copy of the cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::compile::compile_node;
 use crate::compiled::NodeRuleSet;
 use crate::engine::Engine;
-use crate::model::{Cluster, Namespace, Node, Pod, Policy, PolicyId, Tier};
+use crate::model::{
+    Cluster, Namespace, Node, Pod, Policy, PolicyId, PolicyKind, Tier, TIER_NETWORKPOLICY,
+};
 use crate::PolicyError;
+
+/// One change waiting for the next commit.
+#[derive(Debug)]
+enum Change {
+    Reset(Cluster),
+    Namespace(Namespace),
+    DeleteNamespace(String),
+    Node(Node),
+    DeleteNode(String),
+    Pod(Pod),
+    DeletePod(String, String),
+    Policy(Policy),
+    DeletePolicy(PolicyId),
+    Tier(Tier),
+    DeleteTier(String),
+}
 
 /// Everything known about the cluster, and each node's last compiled state.
 #[derive(Debug, Default)]
 pub struct ClusterIndex {
-    namespaces: BTreeMap<String, Namespace>,
-    nodes: BTreeMap<String, Node>,
-    pods: BTreeMap<(String, String), Pod>,
-    policies: BTreeMap<PolicyId, Policy>,
-    tiers: BTreeMap<String, Tier>,
     engine: Option<Engine>,
-    states: BTreeMap<String, NodeRuleSet>,
-    dirty: bool,
+    pending: Vec<Change>,
+    /// Shared with what commits return, so a published state is never copied.
+    states: BTreeMap<String, Arc<NodeRuleSet>>,
 }
 
 impl ClusterIndex {
@@ -37,141 +59,137 @@ impl ClusterIndex {
         for t in &cluster.tiers {
             t.validate()?;
         }
-        self.namespaces = cluster
-            .namespaces
-            .into_iter()
-            .map(|n| (n.name.clone(), n))
-            .collect();
-        self.nodes = cluster
-            .nodes
-            .into_iter()
-            .map(|n| (n.name.clone(), n))
-            .collect();
-        self.pods = cluster
-            .pods
-            .into_iter()
-            .map(|p| ((p.namespace.clone(), p.name.clone()), p))
-            .collect();
-        self.policies = cluster
-            .policies
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
-        self.tiers = cluster
-            .tiers
-            .into_iter()
-            .map(|t| (t.name.clone(), t))
-            .collect();
-        self.dirty = true;
+        for p in &cluster.policies {
+            check_tier_of(p)?;
+        }
+        self.pending.clear();
+        self.pending.push(Change::Reset(cluster));
         Ok(())
     }
 
     pub fn apply_namespace(&mut self, ns: Namespace) {
-        self.dirty |= self.namespaces.get(&ns.name) != Some(&ns);
-        self.namespaces.insert(ns.name.clone(), ns);
+        self.pending.push(Change::Namespace(ns));
     }
 
     pub fn delete_namespace(&mut self, name: &str) {
-        self.dirty |= self.namespaces.remove(name).is_some();
+        self.pending.push(Change::DeleteNamespace(name.to_string()));
     }
 
     pub fn apply_node(&mut self, node: Node) {
-        self.dirty |= self.nodes.get(&node.name) != Some(&node);
-        self.nodes.insert(node.name.clone(), node);
+        self.pending.push(Change::Node(node));
     }
 
     pub fn delete_node(&mut self, name: &str) {
-        self.dirty |= self.nodes.remove(name).is_some();
+        self.pending.push(Change::DeleteNode(name.to_string()));
     }
 
     pub fn apply_pod(&mut self, pod: Pod) {
-        let key = (pod.namespace.clone(), pod.name.clone());
-        self.dirty |= self.pods.get(&key) != Some(&pod);
-        self.pods.insert(key, pod);
+        self.pending.push(Change::Pod(pod));
     }
 
     pub fn delete_pod(&mut self, namespace: &str, name: &str) {
-        self.dirty |= self
-            .pods
-            .remove(&(namespace.to_string(), name.to_string()))
-            .is_some();
+        self.pending
+            .push(Change::DeletePod(namespace.to_string(), name.to_string()));
     }
 
     /// Adds or replaces a policy. A NetworkPolicy outside its tier (or another
     /// kind inside it) is refused, so one bad object never stops the others.
     pub fn apply_policy(&mut self, policy: Policy) -> Result<(), PolicyError> {
-        let np = policy.id.kind == crate::model::PolicyKind::NetworkPolicy;
-        if np != (policy.tier == crate::model::TIER_NETWORKPOLICY) {
-            return Err(PolicyError::invalid(
-                policy.id.to_string(),
-                "spec.tier",
-                "only NetworkPolicies belong to the networkpolicy tier",
-            ));
-        }
-        self.dirty |= self.policies.get(&policy.id) != Some(&policy);
-        self.policies.insert(policy.id.clone(), policy);
+        check_tier_of(&policy)?;
+        self.pending.push(Change::Policy(policy));
         Ok(())
     }
 
     pub fn delete_policy(&mut self, id: &PolicyId) {
-        self.dirty |= self.policies.remove(id).is_some();
+        self.pending.push(Change::DeletePolicy(id.clone()));
     }
 
     /// Adds or replaces a user tier; reserved names and priorities are refused.
     pub fn apply_tier(&mut self, tier: Tier) -> Result<(), PolicyError> {
         tier.validate()?;
-        self.dirty |= self.tiers.get(&tier.name) != Some(&tier);
-        self.tiers.insert(tier.name.clone(), tier);
+        self.pending.push(Change::Tier(tier));
         Ok(())
     }
 
     pub fn delete_tier(&mut self, name: &str) {
-        self.dirty |= self.tiers.remove(name).is_some();
+        self.pending.push(Change::DeleteTier(name.to_string()));
     }
 
-    /// The cluster as currently known.
-    pub fn cluster(&self) -> Cluster {
-        Cluster {
-            namespaces: self.namespaces.values().cloned().collect(),
-            nodes: self.nodes.values().cloned().collect(),
-            pods: self.pods.values().cloned().collect(),
-            policies: self.policies.values().cloned().collect(),
-            tiers: self.tiers.values().cloned().collect(),
-        }
+    /// The cluster as of the last commit.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.engine.as_ref().map(Engine::cluster)
     }
 
-    /// Brings the engine and every node's state up to date. Returns the states
-    /// of the nodes whose rules changed, each with its version moved on.
-    pub fn commit(&mut self) -> Result<Vec<NodeRuleSet>, PolicyError> {
-        if !self.dirty && self.engine.is_some() {
+    /// Applies the pending changes and brings every node's state up to date.
+    /// Returns the states of the nodes whose rules changed, each with its
+    /// version moved on.
+    pub fn commit(&mut self) -> Result<Vec<Arc<NodeRuleSet>>, PolicyError> {
+        let changes = std::mem::take(&mut self.pending);
+        if changes.is_empty() && self.engine.is_some() {
             return Ok(Vec::new());
         }
-        let engine = Engine::new(self.cluster())?;
-        let mut changed = Vec::new();
-        for name in self.nodes.keys() {
-            let mut state = compile_node(&engine, name, 0);
-            let previous = self.states.get(name);
-            let version = previous.map_or(0, |p| p.version);
-            state.version = version;
-            if previous != Some(&state) {
-                state.version = version + 1;
-                changed.push(state);
+        let mut rest = changes.into_iter().peekable();
+        // Pod changes go into the engine in place while they can.
+        let mut affected: Option<BTreeSet<usize>> = self.engine.as_ref().map(|_| BTreeSet::new());
+        if let (Some(engine), Some(nodes)) = (self.engine.as_mut(), affected.as_mut()) {
+            while let Some(Change::Pod(pod)) = rest.peek() {
+                match engine.upsert_pod(pod.clone()) {
+                    Some(touched) => nodes.extend(touched),
+                    None => break,
+                }
+                rest.next();
             }
         }
-        for state in &changed {
-            self.states.insert(state.node.clone(), state.clone());
+        let remaining: Vec<Change> = rest.collect();
+        if !remaining.is_empty() || self.engine.is_none() {
+            let mut cluster = self
+                .engine
+                .take()
+                .map(Engine::into_cluster)
+                .unwrap_or_default();
+            apply_changes(&mut cluster, remaining);
+            self.engine = Some(Engine::new(cluster)?);
+            affected = None;
         }
-        // States of deleted nodes go; their versions would restart from scratch,
-        // which is right for a node that rejoins with a fresh enforcer.
-        self.states.retain(|name, _| self.nodes.contains_key(name));
-        self.engine = Some(engine);
-        self.dirty = false;
+        let Some(engine) = self.engine.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let nodes: Vec<&str> = match &affected {
+            Some(set) => set
+                .iter()
+                .map(|&n| engine.cluster().nodes[n].name.as_str())
+                .collect(),
+            None => engine
+                .cluster()
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect(),
+        };
+        let states = &self.states;
+        let changed: Vec<Arc<NodeRuleSet>> = compile_changed(engine, &nodes, states)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        for state in &changed {
+            self.states.insert(state.node.clone(), Arc::clone(state));
+        }
+        // States of deleted nodes go: a node that rejoins starts a fresh enforcer.
+        if affected.is_none() {
+            let names: BTreeSet<&str> = engine
+                .cluster()
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect();
+            self.states.retain(|name, _| names.contains(name.as_str()));
+        }
         Ok(changed)
     }
 
     /// A node's current state (after the last commit).
     pub fn node_state(&self, node: &str) -> Option<&NodeRuleSet> {
-        self.states.get(node)
+        self.states.get(node).map(|s| s.as_ref())
     }
 
     /// The engine of the last commit (for explain, reports and audit attribution).
@@ -182,5 +200,152 @@ impl ClusterIndex {
     /// Notices about the input (fail-closed rules, missing tiers) of the last commit.
     pub fn diagnostics(&self) -> &[crate::engine::Diagnostic] {
         self.engine.as_ref().map_or(&[], |e| e.diagnostics())
+    }
+}
+
+/// Compiles the nodes (on every core: nodes are independent) and keeps those
+/// whose state differs from the previous one, with their version moved on.
+fn compile_changed(
+    engine: &Engine,
+    nodes: &[&str],
+    previous: &BTreeMap<String, Arc<NodeRuleSet>>,
+) -> Vec<NodeRuleSet> {
+    let compile = |name: &str| {
+        let mut state = compile_node(engine, name, 0);
+        let before = previous.get(name).map(|s| s.as_ref());
+        let version = before.map_or(0, |p| p.version);
+        state.version = version;
+        (before != Some(&state)).then(|| {
+            state.version = version + 1;
+            state
+        })
+    };
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(nodes.len());
+    if workers <= 1 {
+        return nodes.iter().filter_map(|n| compile(n)).collect();
+    }
+    let chunk = nodes.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || part.iter().filter_map(|n| compile(n)).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+fn check_tier_of(policy: &Policy) -> Result<(), PolicyError> {
+    let np = policy.id.kind == PolicyKind::NetworkPolicy;
+    if np != (policy.tier == TIER_NETWORKPOLICY) {
+        return Err(PolicyError::invalid(
+            policy.id.to_string(),
+            "spec.tier",
+            "only NetworkPolicies belong to the networkpolicy tier",
+        ));
+    }
+    Ok(())
+}
+
+/// Upserts into or removes from a list keyed by `key`.
+fn upsert<T, K: Eq + std::hash::Hash>(
+    list: &mut Vec<T>,
+    item: Option<T>,
+    wanted: &K,
+    key: impl Fn(&T) -> K,
+) {
+    match (list.iter().position(|x| &key(x) == wanted), item) {
+        (Some(i), Some(item)) => list[i] = item,
+        (None, Some(item)) => list.push(item),
+        (Some(i), None) => {
+            list.swap_remove(i);
+        }
+        (None, None) => {}
+    }
+}
+
+/// Applies changes to a cluster that is about to be re-indexed.
+fn apply_changes(cluster: &mut Cluster, changes: Vec<Change>) {
+    // Pods and policies are many: find them by key, not by scanning.
+    let pods_by_key = |c: &Cluster| -> FxHashMap<(String, String), usize> {
+        c.pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ((p.namespace.clone(), p.name.clone()), i))
+            .collect()
+    };
+    let policies_by_id = |c: &Cluster| -> FxHashMap<PolicyId, usize> {
+        c.policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect()
+    };
+    let mut pod_at = pods_by_key(cluster);
+    let mut policy_at = policies_by_id(cluster);
+    for change in changes {
+        match change {
+            Change::Reset(c) => {
+                *cluster = c;
+                pod_at = pods_by_key(cluster);
+                policy_at = policies_by_id(cluster);
+            }
+            Change::Namespace(ns) => {
+                let name = ns.name.clone();
+                upsert(&mut cluster.namespaces, Some(ns), &name, |n| n.name.clone())
+            }
+            Change::DeleteNamespace(name) => {
+                upsert(&mut cluster.namespaces, None, &name, |n| n.name.clone())
+            }
+            Change::Node(node) => {
+                let name = node.name.clone();
+                upsert(&mut cluster.nodes, Some(node), &name, |n| n.name.clone())
+            }
+            Change::DeleteNode(name) => upsert(&mut cluster.nodes, None, &name, |n| n.name.clone()),
+            Change::Tier(tier) => {
+                let name = tier.name.clone();
+                upsert(&mut cluster.tiers, Some(tier), &name, |t| t.name.clone())
+            }
+            Change::DeleteTier(name) => upsert(&mut cluster.tiers, None, &name, |t| t.name.clone()),
+            Change::Pod(pod) => {
+                let key = (pod.namespace.clone(), pod.name.clone());
+                match pod_at.get(&key) {
+                    Some(&i) => cluster.pods[i] = pod,
+                    None => {
+                        pod_at.insert(key, cluster.pods.len());
+                        cluster.pods.push(pod);
+                    }
+                }
+            }
+            Change::DeletePod(ns, name) => {
+                if let Some(i) = pod_at.remove(&(ns, name)) {
+                    cluster.pods.swap_remove(i);
+                    if let Some(moved) = cluster.pods.get(i) {
+                        pod_at.insert((moved.namespace.clone(), moved.name.clone()), i);
+                    }
+                }
+            }
+            Change::Policy(policy) => match policy_at.get(&policy.id) {
+                Some(&i) => cluster.policies[i] = policy,
+                None => {
+                    policy_at.insert(policy.id.clone(), cluster.policies.len());
+                    cluster.policies.push(policy);
+                }
+            },
+            Change::DeletePolicy(id) => {
+                if let Some(i) = policy_at.remove(&id) {
+                    cluster.policies.swap_remove(i);
+                    if let Some(moved) = cluster.policies.get(i) {
+                        policy_at.insert(moved.id.clone(), i);
+                    }
+                }
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod compiled;
 pub mod engine;
 pub mod error;
 pub mod index;
+mod lookup;
 pub mod model;
 pub mod podset;
 pub mod scenario;

@@ -45,6 +45,36 @@ impl PodSet {
         }
     }
 
+    /// Adds or removes one member (the set grows as pods are appended).
+    pub fn set(&mut self, index: usize, member: bool) {
+        match self {
+            PodSet::Sparse(v) => {
+                let Ok(i) = u32::try_from(index) else { return };
+                match (v.binary_search(&i), member) {
+                    (Err(at), true) => v.insert(at, i),
+                    (Ok(at), false) => {
+                        v.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            PodSet::Dense(bits) => {
+                if bits.len() <= index / 64 {
+                    if !member {
+                        return;
+                    }
+                    bits.resize(index / 64 + 1, 0);
+                }
+                let bit = 1u64 << (index % 64);
+                if member {
+                    bits[index / 64] |= bit;
+                } else {
+                    bits[index / 64] &= !bit;
+                }
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         match self {
             PodSet::Sparse(v) => v.is_empty(),
@@ -70,6 +100,17 @@ mod tests {
             assert_eq!(dense.contains(i), expected, "dense {i}");
         }
         let listed: Vec<usize> = dense.iter().collect();
+        let mut grown = dense.clone();
+        grown.set(300, true);
+        grown.set(3, false);
+        let mut sparse_grown = sparse.clone();
+        sparse_grown.set(300, true);
+        sparse_grown.set(3, false);
+        for i in 0..400 {
+            let expected = (members.contains(&(i as u32)) && i != 3) || i == 300;
+            assert_eq!(grown.contains(i), expected, "dense {i}");
+            assert_eq!(sparse_grown.contains(i), expected, "sparse {i}");
+        }
         assert_eq!(listed, vec![0, 3, 64, 65, 149]);
         assert!(!dense.contains(10_000));
     }
