@@ -7,7 +7,7 @@
 //! resolves to), in ingress rules on the local pods (restricting the match to the
 //! local pods that resolve it to that number).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
@@ -156,6 +156,7 @@ impl Compiler<'_> {
         }
         let prepared = &self.engine.policies[p as usize];
         let tier = self.compiled_tier(prepared.tier);
+        let policy_key = SetKey::of(&prepared.id.to_string());
         let mut rules = |direction: Direction| -> Vec<CompiledRule> {
             let local = selects
                 .get(&(p, direction))
@@ -165,7 +166,7 @@ impl Compiler<'_> {
                 .rules(direction)
                 .unwrap_or_default()
                 .iter()
-                .map(|r| self.rule(prepared.id.to_string(), direction, r, local))
+                .map(|r| self.rule(policy_key, direction, r, local))
                 .collect()
         };
         let ingress = rules(Direction::Ingress);
@@ -183,7 +184,7 @@ impl Compiler<'_> {
 
     fn rule(
         &mut self,
-        policy: String,
+        policy: SetKey,
         direction: Direction,
         rule: &PreparedRule,
         local: &[usize],
@@ -197,8 +198,8 @@ impl Compiler<'_> {
         if rule.inert {
             return compiled;
         }
-        let key = format!("{policy}|{}|{}", direction.as_str(), rule.index);
-        let peers = self.peer_sets(&key, &rule.peers);
+        let key = policy.with(direction as u64).with(rule.index as u64);
+        let peers = self.peer_sets(key, &rule.peers);
         let Some(ports) = &rule.ports else {
             compiled.matches.push(RuleMatch {
                 peers,
@@ -219,13 +220,13 @@ impl Compiler<'_> {
             let PortMatch::Named { protocol, name } = m else {
                 continue;
             };
-            let key = format!("{key}|named{n}");
+            let key = key.with(TAG_NAMED).with(n as u64);
             match direction {
                 Direction::Ingress => {
-                    self.named_ingress(&key, &peers, *protocol, name, local, &mut compiled)
+                    self.named_ingress(key, &peers, *protocol, name, local, &mut compiled)
                 }
                 Direction::Egress => {
-                    self.named_egress(&key, &rule.peers, *protocol, name, &mut compiled)
+                    self.named_egress(key, &rule.peers, *protocol, name, &mut compiled)
                 }
             }
         }
@@ -235,7 +236,7 @@ impl Compiler<'_> {
     /// Ingress named port: the local pods that have it, grouped by the number.
     fn named_ingress(
         &mut self,
-        key: &str,
+        key: SetKey,
         peers: &Option<Vec<usize>>,
         protocol: Option<Protocol>,
         name: &str,
@@ -253,7 +254,10 @@ impl Compiler<'_> {
                     continue;
                 }
                 let set = self.add_set(
-                    &format!("{key}|local|{proto}|{port}|{family:?}"),
+                    key.with(TAG_LOCAL)
+                        .with(proto as u64)
+                        .with(u64::from(port))
+                        .with(family as u64),
                     family,
                     ips,
                     Vec::new(),
@@ -275,7 +279,7 @@ impl Compiler<'_> {
     /// grouped by the number it resolves to on each.
     fn named_egress(
         &mut self,
-        key: &str,
+        key: SetKey,
         peers: &PeerMatch,
         protocol: Option<Protocol>,
         name: &str,
@@ -295,12 +299,16 @@ impl Compiler<'_> {
                     .filter_map(|&p| self.pod_net(p, family))
                     .collect();
                 if !ips.is_empty() {
-                    sets.push(self.add_set(
-                        &format!("{key}|{proto}|{port}|{family:?}"),
-                        family,
-                        ips,
-                        Vec::new(),
-                    ));
+                    sets.push(
+                        self.add_set(
+                            key.with(proto as u64)
+                                .with(u64::from(port))
+                                .with(family as u64),
+                            family,
+                            ips,
+                            Vec::new(),
+                        ),
+                    );
                 }
             }
             out.matches.push(RuleMatch {
@@ -369,7 +377,7 @@ impl Compiler<'_> {
 
     /// The address sets of a rule's peers: one for the pods and nodes it matches,
     /// per family, and one per ipBlock (its `except` as exceptions).
-    fn peer_sets(&mut self, key: &str, peers: &PeerMatch) -> Option<Vec<usize>> {
+    fn peer_sets(&mut self, key: SetKey, peers: &PeerMatch) -> Option<Vec<usize>> {
         let PeerMatch::Some {
             pods,
             nodes,
@@ -379,9 +387,13 @@ impl Compiler<'_> {
             return None;
         };
         let cluster = self.engine.cluster();
-        let mut members: BTreeSet<usize> = BTreeSet::new();
+        let mut members: Vec<usize> = Vec::new();
         for &set in pods {
             members.extend(self.engine.lookup.peer_sets[set].iter());
+        }
+        if pods.len() > 1 {
+            members.sort_unstable();
+            members.dedup();
         }
         let mut sets = Vec::new();
         for family in [Family::IPv4, Family::IPv6] {
@@ -398,7 +410,7 @@ impl Compiler<'_> {
             );
             if !ips.is_empty() {
                 sets.push(self.add_set(
-                    &format!("{key}|addrs|{family:?}"),
+                    key.with(TAG_ADDRS).with(family as u64),
                     family,
                     ips,
                     Vec::new(),
@@ -420,14 +432,19 @@ impl Compiler<'_> {
                 })
                 .copied()
                 .collect();
-            sets.push(self.add_set(&format!("{key}|block{b}"), family, vec![*cidr], except));
+            sets.push(self.add_set(
+                key.with(TAG_BLOCK).with(b as u64),
+                family,
+                vec![*cidr],
+                except,
+            ));
         }
         Some(sets)
     }
 
     fn add_set(
         &mut self,
-        key: &str,
+        key: SetKey,
         family: Family,
         mut entries: Vec<IpNet>,
         mut except: Vec<IpNet>,
@@ -439,7 +456,7 @@ impl Compiler<'_> {
         let name = format!(
             "PAL-{}{:016x}",
             if family == Family::IPv4 { '4' } else { '6' },
-            fnv1a(key.as_bytes())
+            key.0
         );
         self.out.sets.push(AddressSet {
             name,
@@ -472,9 +489,28 @@ fn plain_range(m: &PortMatch) -> Option<PortRange> {
     }
 }
 
-/// FNV-1a: a stable 64-bit hash, so set names stay the same across runs and versions.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+/// What a set stands for (policy, direction, rule, peer, ...), hashed with FNV-1a:
+/// stable across runs and versions, so a set keeps its name while its members change.
+#[derive(Clone, Copy, Debug)]
+struct SetKey(u64);
+
+const TAG_NAMED: u64 = 1;
+const TAG_LOCAL: u64 = 2;
+const TAG_ADDRS: u64 = 3;
+const TAG_BLOCK: u64 = 4;
+
+impl SetKey {
+    fn of(text: &str) -> SetKey {
+        SetKey(fnv1a(0xcbf2_9ce4_8422_2325, text.as_bytes()))
+    }
+
+    fn with(self, n: u64) -> SetKey {
+        SetKey(fnv1a(self.0, &n.to_le_bytes()))
+    }
+}
+
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(seed, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }

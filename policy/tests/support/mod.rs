@@ -581,3 +581,164 @@ pub fn antrea_workload(namespaces: usize, nodes: usize) -> Cluster {
     }
     c
 }
+
+/// Adds tiers to a cluster made by [`large_cluster`] (namespaces labelled `team` and `env`,
+/// pods `app` and `tier`): `tiers` user Tiers at priorities before, between and after the
+/// built-in ones (every fourth with `defaultAction: Deny`), and `policies` cluster policies:
+/// ClusterNetworkPolicies in admin and baseline, AdminNetworkPolicies, the
+/// BaselineAdminNetworkPolicy, and TieredNetworkPolicies in the user tiers; namespaces and pods
+/// subjects, Accept / Deny / Pass rules, namespaces, pods, networks and nodes peers, numbered,
+/// ranged and named ports.
+pub fn add_tiers(cluster: &mut Cluster, tiers: usize, policies: usize, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let apps = [
+        "web", "api", "db", "cache", "worker", "auth", "search", "queue",
+    ];
+    let priorities = [
+        10, 20, 30, 50, 60, 150, 200, 300, 500, 700, 900, 1500, 2000, 3000, 5000, 8000, 12000,
+        14000, 16000, 20000,
+    ];
+    for t in 0..tiers {
+        cluster.tiers.push(Tier {
+            name: format!("tier-{t:02}"),
+            priority: priorities[t % priorities.len()] + (t / priorities.len()) as i32,
+            default_action: if t % 4 == 3 {
+                DefaultAction::Deny
+            } else {
+                DefaultAction::Pass
+            },
+        });
+    }
+    let team = |rng: &mut Rng| sel(&[("team", &format!("team-{}", rng.below(10)))]);
+    let env = |rng: &mut Rng| sel(&[("env", ["prod", "dev"][rng.below(2) as usize])]);
+    let app = |rng: &mut Rng| sel(&[("app", apps[rng.below(apps.len() as u64) as usize])]);
+    // `addresses`: networks peers allowed (egress, and TieredNetworkPolicy ingress).
+    let peer = |rng: &mut Rng, direction: Direction, addresses: bool| match rng.below(8) {
+        0..=2 => Peer::Pods {
+            namespaces: NamespaceMatch::Selector(team(rng)),
+            pods: LabelSelector::everything(),
+        },
+        3..=4 => Peer::Pods {
+            namespaces: NamespaceMatch::Selector(env(rng)),
+            pods: app(rng),
+        },
+        5 if addresses => Peer::IpBlock {
+            cidr: format!("10.1.{}.0/24", rng.below(8)).parse().expect("cidr"),
+            except: Vec::new(),
+        },
+        6 if addresses => Peer::IpBlock {
+            cidr: ["192.0.2.0/24", "10.0.0.0/8", "fd00::/8"][rng.below(3) as usize]
+                .parse()
+                .expect("cidr"),
+            except: Vec::new(),
+        },
+        _ if direction == Direction::Egress => Peer::Nodes(sel(&[(
+            "kubernetes.io/hostname",
+            &format!("node-{}", rng.below(20)),
+        )])),
+        _ => Peer::Pods {
+            namespaces: NamespaceMatch::Selector(LabelSelector::everything()),
+            pods: app(rng),
+        },
+    };
+    let ports = |rng: &mut Rng| match rng.below(5) {
+        0 | 1 => None,
+        2 => Some(vec![tcp(80)]),
+        3 => Some(vec![PortMatch::Range {
+            protocol: Protocol::Tcp,
+            start: 80,
+            end: 90,
+        }]),
+        _ => Some(vec![PortMatch::Named {
+            protocol: None,
+            name: "serve-80-tcp".into(),
+        }]),
+    };
+    for i in 0..policies {
+        // 2 in 10 CNP admin, 1 CNP baseline, 2 ANP, 5 TNP (the last one the BANP singleton).
+        let (kind, tier, name) = match i % 10 {
+            _ if i + 1 == policies => (
+                PolicyKind::BaselineAdminNetworkPolicy,
+                TIER_BASELINE.to_string(),
+                "default".to_string(),
+            ),
+            0 | 1 => (
+                PolicyKind::ClusterNetworkPolicy,
+                TIER_ADMIN.to_string(),
+                format!("cnp-{i}"),
+            ),
+            2 => (
+                PolicyKind::ClusterNetworkPolicy,
+                TIER_BASELINE.to_string(),
+                format!("cnp-{i}"),
+            ),
+            3 | 4 => (
+                PolicyKind::AdminNetworkPolicy,
+                TIER_ADMIN.to_string(),
+                format!("anp-{i}"),
+            ),
+            _ => (
+                PolicyKind::TieredNetworkPolicy,
+                format!("tier-{:02}", rng.below(tiers.max(1) as u64)),
+                format!("tnp-{i}"),
+            ),
+        };
+        let subject = if rng.below(2) == 0 {
+            Subject::Namespaces(team(&mut rng))
+        } else {
+            Subject::Pods {
+                namespaces: env(&mut rng),
+                pods: app(&mut rng),
+            }
+        };
+        let addresses = |direction: Direction| {
+            direction == Direction::Egress || kind == PolicyKind::TieredNetworkPolicy
+        };
+        let rules = |rng: &mut Rng, direction: Direction| {
+            (0..1 + rng.below(3))
+                .map(|r| {
+                    let action = match rng.below(10) {
+                        0..=3 => Action::Accept,
+                        4..=6 => Action::Deny,
+                        _ if kind == PolicyKind::BaselineAdminNetworkPolicy => Action::Deny,
+                        _ => Action::Pass,
+                    };
+                    Rule {
+                        name: Some(format!("r{r}")),
+                        action,
+                        peers: Some(
+                            (0..1 + rng.below(2))
+                                .map(|_| peer(rng, direction, addresses(direction)))
+                                .collect(),
+                        ),
+                        ports: ports(rng),
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let (ingress, egress) = match rng.below(4) {
+            0 => (None, Some(rules(&mut rng, Direction::Egress))),
+            1 => (
+                Some(rules(&mut rng, Direction::Ingress)),
+                Some(rules(&mut rng, Direction::Egress)),
+            ),
+            _ => (Some(rules(&mut rng, Direction::Ingress)), None),
+        };
+        cluster.policies.push(Policy {
+            id: PolicyId {
+                kind,
+                namespace: None,
+                name,
+            },
+            tier,
+            priority: match kind {
+                PolicyKind::BaselineAdminNetworkPolicy => 0,
+                _ => rng.below(1001) as i32,
+            },
+            subject,
+            ingress,
+            egress,
+            audit: None,
+        });
+    }
+}
