@@ -13,8 +13,9 @@
 //! module that runs iptables, ipset and conntrack, writing the difference from what
 //! it installed last; [`eval`] decides a connection exactly as the rendered rules
 //! do (used to revoke established connections a new state denies, and to cross-check
-//! the kernel in tests). The stream client and NFLOG reader come later; today the
-//! binary reads the rule set from a file.
+//! the kernel in tests). [`stream`] is the client of the operator's stream
+//! (`palisade-enforcer agent`); `run` follows a file instead. The NFLOG reader
+//! comes later.
 
 pub mod apply;
 mod check;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod eval;
 pub mod names;
 pub mod render;
+pub mod stream;
 
 pub use apply::{
     cleanup, detect_backend, ApplyOptions, ApplyReport, Backend, CleanupReport, Enforcer,

@@ -1,5 +1,6 @@
 //! `palisade-enforcer`: programs the network namespace it runs in from a node's
-//! compiled rule set (a JSON file until the operator stream exists).
+//! compiled rule set: followed on the operator's stream (`agent`), or read from a
+//! JSON file (`apply`, `run`).
 //!
 //! Reports on stdout as JSON lines: `{"applied_version":N,...}` after each apply,
 //! `{"error":...}` for failures and for rules enforced fail-closed.
@@ -11,9 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use palisade_enforcer::stream::{run_agent, AgentConfig, Applier};
 use palisade_enforcer::{
     cleanup, render, ApplyOptions, ApplyReport, Backend, Enforcer, NodeRuleSet, RenderOptions,
 };
+use palisade_wire::RuleError;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -45,6 +48,50 @@ struct ApplyArgs {
     backend: Option<BackendArg>,
 }
 
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The operator's stream, `https://HOST:PORT`.
+    #[arg(long)]
+    operator: String,
+    /// The node this agent enforces (the node its pod runs on).
+    #[arg(long)]
+    node: String,
+    /// The projected ServiceAccount token (re-read at each connection).
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    token_file: PathBuf,
+    /// The CA certificate (PEM) that signs the operator's certificate.
+    #[arg(long)]
+    ca_file: PathBuf,
+    /// Check the operator's certificate against this name (default: the URL's host).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Where the last applied rule set is kept (default: /var/lib/palisade/NODE.json).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// First reconnection delay; doubles per failed attempt (jittered) up to --backoff-max-ms.
+    #[arg(long, default_value_t = 200)]
+    backoff_min_ms: u64,
+    #[arg(long, default_value_t = 10_000)]
+    backoff_max_ms: u64,
+    #[arg(long, default_value_t = 5000)]
+    connect_timeout_ms: u64,
+    /// HTTP/2 ping interval; a silent operator is dropped after one more timeout.
+    #[arg(long, default_value_t = 10_000)]
+    keepalive_ms: u64,
+    /// How often to check that our hooks are still in FORWARD.
+    #[arg(long, default_value_t = 5000)]
+    hook_check_ms: u64,
+    #[arg(long)]
+    reject: bool,
+    #[arg(long)]
+    no_revoke: bool,
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Apply a state once.
@@ -62,6 +109,12 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         hook_check_ms: u64,
     },
+    /// Follow this node's rule set on the operator's stream (TLS, ServiceAccount
+    /// token) and apply each one; report back what is realised. When the operator
+    /// is unreachable the rules in force stay and the agent reconnects with
+    /// backoff; the last applied rule set is kept in --state-file and applied first
+    /// after a restart. SIGTERM/SIGINT exit and keep the rules.
+    Agent(AgentArgs),
     /// Remove every chain, hook and set Palisade installed (both families and backends).
     Cleanup,
     /// Print the ipset and iptables-restore scripts for a state.
@@ -92,6 +145,7 @@ fn main() -> Result<()> {
             cleanup_on_exit,
             hook_check_ms,
         } => run(&args, cleanup_on_exit, Duration::from_millis(hook_check_ms))?,
+        Cmd::Agent(args) => agent(args)?,
         Cmd::Cleanup => {
             let report = cleanup().context("cleanup failed")?;
             emit(json!({"cleaned_up": report}));
@@ -112,11 +166,15 @@ fn main() -> Result<()> {
 }
 
 fn enforcer(args: &ApplyArgs) -> Enforcer {
+    make_enforcer(args.reject, args.no_revoke, args.backend)
+}
+
+fn make_enforcer(reject: bool, no_revoke: bool, backend: Option<BackendArg>) -> Enforcer {
     let opts = ApplyOptions {
-        reject: args.reject,
-        revoke: !args.no_revoke,
+        reject,
+        revoke: !no_revoke,
     };
-    match args.backend {
+    match backend {
         Some(BackendArg::Nft) => Enforcer::with_backend(Backend::Nft, opts),
         Some(BackendArg::Legacy) => Enforcer::with_backend(Backend::Legacy, opts),
         None => Enforcer::new(opts),
@@ -215,6 +273,94 @@ fn run(args: &ApplyArgs, cleanup_on_exit: bool, hook_check: Duration) -> Result<
         let report = enforcer.cleanup().context("cleanup on exit failed")?;
         emit(json!({"cleaned_up": report}));
     }
+    emit(json!({"stopped": true}));
+    Ok(())
+}
+
+/// Applies the operator's rule sets to the kernel, reporting like `run`.
+struct KernelApplier {
+    enforcer: Enforcer,
+    applied: bool,
+}
+
+impl Applier for KernelApplier {
+    fn apply(&mut self, state: &NodeRuleSet) -> Result<Vec<RuleError>, String> {
+        let report = self.enforcer.apply(state).map_err(|e| e.to_string())?;
+        self.applied = true;
+        emit_report(&report);
+        Ok(report
+            .issues
+            .iter()
+            .map(|i| RuleError {
+                policy: i.policy.clone(),
+                direction: i.direction.as_str().to_string(),
+                rule: i.rule_index,
+                reason: i.reason.clone(),
+            })
+            .collect())
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        if !self.applied {
+            return Ok(());
+        }
+        self.enforcer.ensure_hooks().map_err(|e| {
+            // Our chains are gone too: forget what we installed, so the re-apply
+            // the agent does next rewrites everything.
+            self.enforcer.forget();
+            e.to_string()
+        })
+    }
+}
+
+fn agent(args: AgentArgs) -> Result<()> {
+    let mut config = AgentConfig::new(
+        &args.operator,
+        &args.node,
+        args.token_file.clone(),
+        args.ca_file.clone(),
+    );
+    config.server_name = args.server_name.clone();
+    if let Some(path) = &args.state_file {
+        config.state_file = path.clone();
+    }
+    config.backoff_min = Duration::from_millis(args.backoff_min_ms.max(1));
+    config.backoff_max = Duration::from_millis(args.backoff_max_ms.max(args.backoff_min_ms));
+    config.connect_timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
+    config.keepalive = Duration::from_millis(args.keepalive_ms.max(100));
+    config.keepalive_timeout = Duration::from_millis(args.keepalive_ms.max(100) / 2);
+    config.check_interval = Duration::from_millis(args.hook_check_ms.max(100));
+    let enforcer = make_enforcer(args.reject, args.no_revoke, args.backend);
+    emit(
+        json!({"started": true, "backend": enforcer.backend(), "node": args.node, "operator": args.operator}),
+    );
+    let applier = KernelApplier {
+        enforcer,
+        applied: false,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing signal handler")?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("installing signal handler")?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            stop_tx.send_replace(true);
+        });
+        let emitter: palisade_enforcer::stream::Emit = std::sync::Arc::new(emit);
+        run_agent(config, applier, emitter, stop_rx)
+            .await
+            .context("agent failed")
+    })?;
     emit(json!({"stopped": true}));
     Ok(())
 }

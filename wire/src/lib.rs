@@ -41,6 +41,8 @@
 //! checked right now: retry with backoff), `INVALID_ARGUMENT` (no hello).
 
 pub mod codec;
+#[cfg(feature = "pki")]
+pub mod pki;
 
 use std::fmt;
 use std::sync::Arc;
