@@ -8,3 +8,4 @@
 //! ```
 
 pub mod hub;
+pub mod stream;

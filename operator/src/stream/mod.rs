@@ -1,0 +1,432 @@
+//! The stream server: serves each node's compiled rule set to that node's
+//! enforcer (protocol: `palisade_wire`), over TLS, after authenticating it.
+//!
+//! ```text
+//!   hub.subscribe(node) ──► session ══ Snapshot / Current ══► enforcer
+//!   hub.report_realised ◄── session ◄═══════ Report ══════════ enforcer
+//! ```
+//!
+//! A stream is served only when this replica leads ([`Hub::is_leader`]); losing
+//! the lead ends every stream with `UNAVAILABLE`, so the enforcers reconnect (to
+//! the new leader, through the Service). Every refusal is logged with its reason
+//! and counted in `palisade_stream_refused_total{reason}`.
+
+pub mod auth;
+pub mod metrics;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_wire::{
+    digest, parse_bearer, ClientMessage, DistributorServer, Hello, ServerMessage, MAX_MESSAGE_BYTES,
+};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::hub::Hub;
+pub use auth::{AuthError, Authenticator, Identity, StaticTokens, TokenReviewAuthenticator};
+pub use metrics::StreamMetrics;
+
+/// A stream server that cannot start.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    #[error("{path}: {reason}")]
+    Tls { path: String, reason: String },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stream server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Timings of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    /// How long a client may take for the TLS handshake and for its hello.
+    pub handshake: Duration,
+    /// HTTP/2 pings on idle connections (dead enforcers are noticed after
+    /// `keepalive` + `keepalive_timeout`).
+    pub keepalive: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            handshake: Duration::from_secs(10),
+            keepalive: Duration::from_secs(15),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The `Distributor` service: one session per enforcer stream.
+#[derive(Clone)]
+pub struct StreamService {
+    hub: Arc<Hub>,
+    auth: Arc<dyn Authenticator>,
+    metrics: StreamMetrics,
+    timings: Timings,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl StreamService {
+    /// `shutdown`: when it turns true, every stream ends with `UNAVAILABLE`.
+    pub fn new(
+        hub: Arc<Hub>,
+        auth: Arc<dyn Authenticator>,
+        metrics: StreamMetrics,
+        timings: Timings,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        StreamService {
+            hub,
+            auth,
+            metrics,
+            timings,
+            shutdown,
+        }
+    }
+
+    fn refuse(&self, peer: &str, node: &str, reason: &str, status: Status) -> Status {
+        tracing::warn!(
+            peer,
+            node,
+            reason,
+            code = ?status.code(),
+            "enforcer stream refused: {}",
+            status.message()
+        );
+        self.metrics.refuse(reason);
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl palisade_wire::Distributor for StreamService {
+    type FollowStream = ReceiverStream<Result<ServerMessage, Status>>;
+
+    async fn follow(
+        &self,
+        request: Request<Streaming<ClientMessage>>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_bearer)
+            .map(str::to_string);
+        if !self.hub.is_leader() {
+            return Err(self.refuse(
+                &peer,
+                "",
+                "not_leader",
+                Status::unavailable("this operator replica does not lead; retry"),
+            ));
+        }
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(self.timings.handshake, inbound.message()).await {
+            Ok(Ok(Some(ClientMessage::Hello(h)))) => h,
+            Ok(Ok(Some(ClientMessage::Report(_)))) => {
+                return Err(self.refuse(
+                    &peer,
+                    "",
+                    "bad_hello",
+                    Status::invalid_argument("the first message must be a hello"),
+                ))
+            }
+            Ok(Ok(None)) => {
+                return Err(self.refuse(
+                    &peer,
+                    "",
+                    "bad_hello",
+                    Status::invalid_argument("the stream ended before a hello"),
+                ))
+            }
+            Ok(Err(status)) => {
+                return Err(self.refuse(
+                    &peer,
+                    "",
+                    "bad_hello",
+                    Status::invalid_argument(format!("reading the hello: {}", status.message())),
+                ))
+            }
+            Err(_) => {
+                return Err(self.refuse(
+                    &peer,
+                    "",
+                    "bad_hello",
+                    Status::deadline_exceeded("no hello in time"),
+                ))
+            }
+        };
+        if hello.node.is_empty() || hello.node.len() > 253 {
+            return Err(self.refuse(
+                &peer,
+                "",
+                "bad_hello",
+                Status::invalid_argument("the hello must name a node"),
+            ));
+        }
+        let Some(token) = token else {
+            return Err(self.refuse(
+                &peer,
+                &hello.node,
+                "unauthenticated",
+                Status::unauthenticated("no bearer token"),
+            ));
+        };
+        let identity = match self.auth.authenticate(&token, &hello.node).await {
+            Ok(id) => id,
+            Err(e) => return Err(self.refuse(&peer, &hello.node, e.reason(), e.status())),
+        };
+        // Leadership may have moved while the token was checked.
+        if !self.hub.is_leader() {
+            return Err(self.refuse(
+                &peer,
+                &hello.node,
+                "not_leader",
+                Status::unavailable("this operator replica does not lead; retry"),
+            ));
+        }
+        tracing::info!(
+            peer,
+            node = %identity.node,
+            user = %identity.user,
+            pod = identity.pod.as_deref().unwrap_or(""),
+            agent = %hello.agent,
+            applied = ?hello.applied.as_ref().map(|a| a.version),
+            "enforcer connected"
+        );
+        let (tx, rx) = mpsc::channel(2);
+        let session = Session {
+            hub: Arc::clone(&self.hub),
+            metrics: self.metrics.clone(),
+            node: identity.node,
+            peer,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(session.run(hello, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One authenticated enforcer stream.
+struct Session {
+    hub: Arc<Hub>,
+    metrics: StreamMetrics,
+    node: String,
+    peer: String,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Ends the stream with `status` (the enforcer retries).
+async fn end(tx: &mpsc::Sender<Result<ServerMessage, Status>>, status: Status) {
+    let _ = tx.send(Err(status)).await;
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        hello: Hello,
+        mut inbound: Streaming<ClientMessage>,
+        tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    ) {
+        self.metrics.connected.inc();
+        let mut desired = self.hub.subscribe(&self.node);
+        let mut leadership = self.hub.leadership();
+        let mut sent: Option<u64> = None;
+        // The first answer: nothing to send when the enforcer has the desired
+        // rules already (same digest), else the full rule set.
+        let first = desired.borrow_and_update().clone();
+        if let Some(state) = first {
+            let current = hello
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.digest == digest(&state));
+            let msg = if current {
+                ServerMessage::Current {
+                    version: state.version,
+                }
+            } else {
+                ServerMessage::Snapshot(Arc::clone(&state))
+            };
+            if !self.send(&tx, msg).await {
+                return self.close("send");
+            }
+            sent = Some(state.version);
+        }
+        loop {
+            tokio::select! {
+                changed = desired.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let state = desired.borrow_and_update().clone();
+                    if let Some(state) = state {
+                        if sent == Some(state.version) {
+                            continue;
+                        }
+                        if !self.send(&tx, ServerMessage::Snapshot(Arc::clone(&state))).await {
+                            return self.close("send");
+                        }
+                        sent = Some(state.version);
+                    }
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(ClientMessage::Report(report))) => {
+                        self.metrics.reports.inc();
+                        let errors = report.error_lines();
+                        if errors.is_empty() {
+                            tracing::info!(node = %self.node, version = report.version, "rules realised");
+                        } else {
+                            tracing::warn!(node = %self.node, version = report.version, errors = ?errors, "rules realised with errors");
+                        }
+                        self.hub.report_realised(&self.node, report.version, errors);
+                    }
+                    Ok(Some(ClientMessage::Hello(_))) => {
+                        tracing::warn!(node = %self.node, peer = %self.peer, "second hello on a stream ignored");
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(node = %self.node, peer = %self.peer, error = %status.message(), "enforcer stream broken");
+                        return self.close("receive");
+                    }
+                },
+                r = leadership.changed() => {
+                    if r.is_err() || !*leadership.borrow_and_update() {
+                        end(&tx, Status::unavailable("this operator replica lost the lead; retry")).await;
+                        break;
+                    }
+                }
+                r = self.shutdown.changed() => {
+                    if r.is_err() || *self.shutdown.borrow_and_update() {
+                        end(&tx, Status::unavailable("the operator is shutting down; retry")).await;
+                        break;
+                    }
+                }
+                _ = tx.closed() => break,
+            }
+        }
+        self.close("")
+    }
+
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<ServerMessage, Status>>,
+        msg: ServerMessage,
+    ) -> bool {
+        let what = match &msg {
+            ServerMessage::Snapshot(s) => format!("snapshot version {}", s.version),
+            ServerMessage::Current { version } => format!("current at version {version}"),
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return false;
+        }
+        self.metrics.snapshots.inc();
+        tracing::debug!(node = %self.node, "sent {what}");
+        true
+    }
+
+    fn close(&self, error: &str) {
+        if !error.is_empty() {
+            self.metrics.error(error);
+        }
+        self.metrics.connected.dec();
+        tracing::info!(node = %self.node, peer = %self.peer, "enforcer disconnected");
+    }
+}
+
+/// Binds the stream's listener.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StreamError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StreamError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Serves `service` on `listener` over TLS until `shutdown` turns true (which
+/// also ends every stream of `service` built with the same signal).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    service: StreamService,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let timings = service.timings;
+    let metrics = service.metrics.clone();
+    let acceptor = TlsAcceptor::from(tls);
+    let (conn_tx, conn_rx) = mpsc::channel(64);
+    let mut accept_shutdown = shutdown.clone();
+    let accept = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                r = accept_shutdown.changed() => {
+                    if r.is_err() || *accept_shutdown.borrow_and_update() { break; }
+                    continue;
+                }
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let conn_tx = conn_tx.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(timings.handshake, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, reason = "tls", "enforcer stream refused: TLS handshake failed: {e}");
+                        metrics.refuse("tls");
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, reason = "tls", "enforcer stream refused: TLS handshake timed out");
+                        metrics.refuse("tls");
+                    }
+                }
+            });
+        }
+    });
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(timings.keepalive))
+        .http2_keepalive_timeout(Some(timings.keepalive_timeout))
+        .add_service(
+            DistributorServer::new(service)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(16 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    accept.abort();
+    Ok(result?)
+}
