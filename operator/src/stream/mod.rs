@@ -15,7 +15,9 @@ pub mod auth;
 pub mod metrics;
 pub mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +49,88 @@ pub enum StreamError {
     },
     #[error("stream server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("static tokens: {0}")]
+    Tokens(#[from] auth::TokenFileError),
+    #[error("enforcer authentication: {0}")]
+    Auth(String),
+}
+
+/// How enforcers prove who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthSettings {
+    /// TokenReview with the API server: tokens of this ServiceAccount
+    /// (`NS:NAME` or `system:serviceaccount:NS:NAME`), bound to a pod on the node
+    /// asked for; `audiences` empty: the API server's default.
+    TokenReview {
+        service_account: String,
+        audiences: Vec<String>,
+    },
+    /// A file of `TOKEN NODE` lines (the manifest-directory source: no API server).
+    StaticTokens(PathBuf),
+}
+
+/// The stream server's settings (the operator's `--stream-*` flags).
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key of the server (re-read when they change).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub auth: AuthSettings,
+    pub timings: Timings,
+}
+
+/// Builds the authenticator of `settings` (`client`: the API client, needed for
+/// TokenReview).
+pub fn authenticator(
+    settings: &AuthSettings,
+    client: Option<kube::Client>,
+) -> Result<Arc<dyn Authenticator>, StreamError> {
+    match settings {
+        AuthSettings::StaticTokens(path) => Ok(Arc::new(StaticTokens::load(path)?)),
+        AuthSettings::TokenReview {
+            service_account,
+            audiences,
+        } => {
+            let client = client.ok_or_else(|| {
+                StreamError::Auth(
+                    "TokenReview needs the Kubernetes API (with a manifest directory, give a \
+                     static token file)"
+                        .to_string(),
+                )
+            })?;
+            Ok(Arc::new(TokenReviewAuthenticator::new(
+                client,
+                service_account,
+                audiences.clone(),
+            )))
+        }
+    }
+}
+
+/// Binds, loads the certificate, and serves the stream until `shutdown`
+/// completes (every open stream then ends with `UNAVAILABLE`). Errors at start
+/// (address in use, unreadable certificate or token file) are returned at once.
+pub async fn run(
+    settings: StreamSettings,
+    hub: Arc<Hub>,
+    client: Option<kube::Client>,
+    metrics: StreamMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<(), StreamError>>, StreamError> {
+    let auth = authenticator(&settings.auth, client)?;
+    let tls = tls::server_config(&settings.cert, &settings.key)?;
+    let listener = bind(settings.listen).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+        // Keep the sender until every session saw the signal.
+        stop_tx.closed().await;
+    });
+    let service = StreamService::new(hub, auth, metrics, settings.timings, stop_rx.clone());
+    tracing::info!(addr = %settings.listen, "enforcer stream: gRPC over TLS");
+    Ok(tokio::spawn(serve(listener, tls, service, stop_rx)))
 }
 
 /// Timings of the server.
