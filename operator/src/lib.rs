@@ -6,6 +6,25 @@
 //!                               ▼
 //!   operator:  index (pods, namespaces, nodes, policies)  ──►  compile per node  ──►  hub ──► stream server
 //! ```
+//!
+//! - [`source`]: the Kubernetes API ([`source::kube`]) or a manifest directory
+//!   ([`source::dir`]), both turned into [`source::Event`]s; nothing downstream knows which.
+//! - [`reconcile`]: one task owns the `ClusterIndex`, applies events, commits (debounced) and
+//!   publishes the nodes whose rules changed to the [`hub`].
+//! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease (only the leader serves).
+//! - [`health`], [`metrics`], [`telemetry`], [`status`]: `/healthz`, `/readyz`, `/metrics`,
+//!   logs and OTLP traces, sync state and rejected objects.
+//! - [`app`]: the wiring `main` calls.
 
+pub mod app;
+pub mod health;
 pub mod hub;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod source;
+pub mod status;
 pub mod stream;
+pub mod telemetry;
+#[cfg(test)]
+mod verifier;
