@@ -1,8 +1,9 @@
 //! `e2e demo`: the testweb / testcurl walkthrough on one running lab.
 //!
 //! The lab is built once from the first step's scenario; each later step only
-//! rewrites the enforcers' state files (the enforcers pick the change up while
-//! running), then probes again and shows which connections got through and which
+//! rewrites the policies (in the operator's manifest folder, which streams the
+//! change to the enforcer agents; or, with `--file-fed`, the enforcers' state
+//! files), then probes again and shows which connections got through and which
 //! timed out.
 
 use std::collections::BTreeSet;
@@ -67,7 +68,15 @@ pub fn run(dir: &Path, opts: &Options) -> Result<bool> {
     println!();
     let t = Instant::now();
     let mut lab = ScenarioLab::build(scenario, opts)?;
-    lab.start_enforcers(first.engine.cluster(), opts)?;
+    lab.start(first, opts)?;
+    if let Some(cp) = &lab.control {
+        println!(
+            "Operator {} (manifest folder {}) and {} enforcer agent(s), one per node, as separate processes.",
+            cp.url(),
+            cp.manifests.display(),
+            lab.agents.len()
+        );
+    }
     println!(
         "Lab {} up in {} ms: {}",
         lab.lab.run_id,
@@ -92,13 +101,22 @@ pub fn run(dir: &Path, opts: &Options) -> Result<bool> {
         }
         if i > 0 {
             let t = Instant::now();
-            lab.apply(step.engine.cluster())?;
-            println!(
-                "Applied: state files rewritten, {} enforcer(s) report version {} in {} ms.",
-                lab.enforcers.len(),
-                lab.enforcers.first().map_or(0, |e| e.version),
-                t.elapsed().as_millis()
-            );
+            lab.apply_loaded(step)?;
+            if lab.control.is_some() {
+                println!(
+                    "Applied: policies.yaml rewritten; the operator streamed the change, {} enforcer agent(s) report version {} in {} ms.",
+                    lab.agents.len(),
+                    lab.agents.iter().map(|a| a.version).max().unwrap_or(0),
+                    t.elapsed().as_millis()
+                );
+            } else {
+                println!(
+                    "Applied: state files rewritten, {} enforcer(s) report version {} in {} ms.",
+                    lab.enforcers.len(),
+                    lab.enforcers.first().map_or(0, |e| e.version),
+                    t.elapsed().as_millis()
+                );
+            }
         }
         let t = Instant::now();
         let results = lab.probe_detailed(s, opts)?;

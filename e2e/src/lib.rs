@@ -7,11 +7,16 @@
 //!            ──► servers + probers in the namespaces ──► denied pairs ──► compare
 //! ```
 //!
+//! With the operator ([`operator`]), the lab runs as a cluster does: the scenario
+//! becomes manifests in a folder, `palisade-operator` compiles and streams each
+//! node's rules, and one `palisade-enforcer agent` per node applies them.
+//!
 //! Nothing else depends on this crate.
 
 pub mod demo;
 pub mod enforcer;
 pub mod netns;
+pub mod operator;
 pub mod probe;
 pub mod runner;
 pub mod sctp;

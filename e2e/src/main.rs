@@ -42,8 +42,17 @@ enum Command {
         /// exchange (real SCTP packets through the real rules) instead of failing.
         #[arg(long)]
         sctp_raw: bool,
+        /// Run as a cluster does: palisade-operator (manifest-directory source) and one
+        /// palisade-enforcer agent per node, over the TLS stream (default: the lab
+        /// writes each node's rule set into a file its enforcer follows).
+        #[arg(long, conflicts_with = "no_enforcer")]
+        operator: bool,
+        /// The palisade-operator binary (default: next to this binary).
+        #[arg(long)]
+        operator_bin: Option<PathBuf>,
     },
-    /// The testweb / testcurl walkthrough, step by step, on one running lab.
+    /// The testweb / testcurl walkthrough, step by step, on one running lab: the
+    /// operator and one enforcer agent per node as separate processes, as in a cluster.
     Demo {
         /// The folder with walkthrough-{1,2,3}-*.yaml (default: e2e/scenarios).
         #[arg(long)]
@@ -51,6 +60,13 @@ enum Command {
         /// The palisade-enforcer binary (default: next to this binary).
         #[arg(long)]
         enforcer: Option<PathBuf>,
+        /// Without the operator: the lab writes each node's rule set into a file its
+        /// enforcer follows (`palisade-enforcer run`).
+        #[arg(long)]
+        file_fed: bool,
+        /// The palisade-operator binary (default: next to this binary).
+        #[arg(long)]
+        operator_bin: Option<PathBuf>,
     },
     /// Build one scenario's lab (servers and enforcers running) and keep it up for
     /// inspection (`ip netns exec NS ...`) until Ctrl-C or --seconds.
@@ -62,6 +78,11 @@ enum Command {
         no_enforcer: bool,
         #[arg(long, default_value_t = 3600)]
         seconds: u64,
+        /// With the operator and enforcer agents (see `run --operator`).
+        #[arg(long, conflicts_with = "no_enforcer")]
+        operator: bool,
+        #[arg(long)]
+        operator_bin: Option<PathBuf>,
     },
     /// Remove the namespaces (and what runs in them) left by any lab run (`pal-*`).
     Cleanup,
@@ -187,9 +208,13 @@ fn run(cli: Cli) -> ExitCode {
             engine_check,
             timeout_ms,
             sctp_raw,
+            operator,
+            operator_bin,
         } => {
             e2e::signals::install();
-            let mut opts = match options(enforcer, no_enforcer) {
+            let mut opts = match options(enforcer, no_enforcer)
+                .and_then(|o| with_operator(o, operator, operator_bin))
+            {
                 Ok(o) => o,
                 Err(code) => return code,
             };
@@ -201,9 +226,13 @@ fn run(cli: Cli) -> ExitCode {
         Command::Demo {
             scenarios,
             enforcer,
+            file_fed,
+            operator_bin,
         } => {
             e2e::signals::install();
-            let opts = match options(enforcer, false) {
+            let opts = match options(enforcer, false)
+                .and_then(|o| with_operator(o, !file_fed, operator_bin))
+            {
                 Ok(o) => o,
                 Err(code) => return code,
             };
@@ -223,9 +252,13 @@ fn run(cli: Cli) -> ExitCode {
             enforcer,
             no_enforcer,
             seconds,
+            operator,
+            operator_bin,
         } => {
             e2e::signals::install();
-            let opts = match options(enforcer, no_enforcer) {
+            let opts = match options(enforcer, no_enforcer)
+                .and_then(|o| with_operator(o, operator, operator_bin))
+            {
                 Ok(o) => o,
                 Err(code) => return code,
             };
@@ -257,10 +290,26 @@ fn options(enforcer: Option<PathBuf>, no_enforcer: bool) -> Result<Options, Exit
     Ok(opts)
 }
 
+/// Operator mode: finds the operator binary.
+fn with_operator(
+    mut opts: Options,
+    wanted: bool,
+    binary: Option<PathBuf>,
+) -> Result<Options, ExitCode> {
+    if wanted {
+        let found = e2e::operator::find_binary(binary.as_deref(), &opts.exe).map_err(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        })?;
+        opts.operator = Some(found);
+    }
+    Ok(opts)
+}
+
 fn up(path: &std::path::Path, opts: &Options, keep: Duration) -> anyhow::Result<()> {
     let loaded = runner::load(path)?;
     let mut lab = runner::ScenarioLab::build(&loaded.scenario, opts)?;
-    lab.start_enforcers(loaded.engine.cluster(), opts)?;
+    lab.start(&loaded, opts)?;
     println!("lab {} is up:", lab.lab.run_id);
     println!("  fabric  {}", lab.lab.fabric);
     for n in &lab.lab.nodes {
@@ -276,6 +325,25 @@ fn up(path: &std::path::Path, opts: &Options, keep: Duration) -> anyhow::Result<
             e.node,
             e.state.display(),
             e.log.display()
+        );
+    }
+    if let Some(cp) = &lab.control {
+        println!(
+            "  operator {} in {} ({}), manifests {}, log {}",
+            cp.url(),
+            cp.ns,
+            cp.ip,
+            cp.manifests.display(),
+            cp.log.display()
+        );
+    }
+    for a in &lab.agents {
+        println!(
+            "  agent of {} in {}: state {}, log {}",
+            a.spec.node,
+            a.ns,
+            a.spec.state_file.display(),
+            a.spec.log.display()
         );
     }
     println!("Ctrl-C removes it (or it goes after {}s).", keep.as_secs());

@@ -16,6 +16,7 @@ use palisade_policy::model::{Cluster, Node, Protocol};
 use palisade_policy::scenario::{summary_line, EndpointKind, Outcome, Scenario};
 
 use crate::enforcer::Enforcer;
+use crate::operator::{Agent, AgentSpec, ControlPlane};
 use crate::probe::{self, Target, Timing};
 use crate::serve::{self, Port};
 use crate::sock::Proto;
@@ -39,6 +40,10 @@ pub struct Options {
     pub timing: Timing,
     /// At most this many probes in flight at once, over all sources.
     pub parallel: usize,
+    /// The operator binary: when set, the enforcers are agents following a
+    /// `palisade-operator` (manifest-directory source) over its stream, as in a
+    /// cluster, instead of reading state files the lab writes.
+    pub operator: Option<PathBuf>,
 }
 
 impl Options {
@@ -49,6 +54,7 @@ impl Options {
             engine_check: true,
             timing: Timing::default(),
             parallel: 256,
+            operator: None,
         }
     }
 }
@@ -156,11 +162,17 @@ pub fn run_scenario(loaded: &Loaded, opts: &Options) -> Result<Report> {
     let scenario = &loaded.scenario;
     let engine = &loaded.engine;
     let mut lab = ScenarioLab::build(scenario, opts)?;
-    lab.start_enforcers(loaded.engine.cluster(), opts)?;
+    lab.start(loaded, opts)?;
     let observed = lab.probe(scenario, opts)?;
     for e in &lab.enforcers {
         for line in &e.errors {
             eprintln!("e2e: {}: enforcer of {}: {line}", scenario.name, e.node);
+        }
+    }
+    for a in lab.agents.iter_mut() {
+        a.drain();
+        for line in &a.errors {
+            eprintln!("e2e: {}: agent of {}: {line}", scenario.name, a.spec.node);
         }
     }
     let disagreements = if opts.engine_check {
@@ -214,10 +226,15 @@ pub struct ScenarioLab {
     /// The namespace of each scenario endpoint.
     pub endpoint_ns: Vec<String>,
     pub enforcers: Vec<Enforcer>,
+    /// With the operator (`Options::operator`): the operator and one agent per node.
+    pub control: Option<ControlPlane>,
+    pub agents: Vec<Agent>,
     /// How SCTP is served: `kernel`, `raw` or `none`.
     pub sctp: String,
     dir: Option<PathBuf>,
     synthetic: Option<String>,
+    /// The control plane's namespace and address (operator mode).
+    control_host: Option<(String, std::net::IpAddr)>,
 }
 
 impl ScenarioLab {
@@ -280,7 +297,27 @@ impl ScenarioLab {
                 });
             }
         }
+        // With the operator: a control-plane host of its own, outside every node.
+        let control_ip = opts.operator.as_ref().map(|_| {
+            let used: BTreeSet<std::net::IpAddr> = spec
+                .nodes
+                .iter()
+                .flat_map(|n| n.ips.iter().copied())
+                .chain(spec.pods.iter().flat_map(|p| p.ips.iter().copied()))
+                .chain(spec.externals.iter().map(|x| x.ip))
+                .collect();
+            let ip = crate::operator::control_plane_ip(&used);
+            spec.externals.push(ExternalSpec {
+                name: crate::operator::OPERATOR_NAME.to_string(),
+                ip,
+            });
+            ip
+        });
         let lab = Lab::create(&spec)?;
+        let control_host = match (control_ip, lab.externals.last()) {
+            (Some(ip), Some(ns)) => Some((ns.clone(), ip)),
+            _ => None,
+        };
         let mut ext = external_index.into_iter();
         let endpoint_ns: Vec<String> = scenario
             .endpoints
@@ -297,9 +334,12 @@ impl ScenarioLab {
             node_names,
             endpoint_ns,
             enforcers: Vec::new(),
+            control: None,
+            agents: Vec::new(),
             sctp: String::new(),
             dir: None,
             synthetic,
+            control_host,
         };
         this.start_servers(&serve_ports(scenario), opts)?;
         Ok(this)
@@ -356,6 +396,122 @@ impl ScenarioLab {
             .collect())
     }
 
+    /// The run's folder for state files, logs and manifests (removed on teardown).
+    fn run_dir(&mut self) -> Result<PathBuf> {
+        if let Some(dir) = &self.dir {
+            return Ok(dir.clone());
+        }
+        let dir = std::env::temp_dir().join(format!("pal-e2e-{}", self.lab.run_id));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::signals::register_dir(dir.clone());
+        self.dir = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Starts the enforcers on a scenario's cluster and policies: fed with state
+    /// files, or (with `Options::operator`) as agents of an operator that reads the
+    /// scenario as manifests.
+    pub fn start(&mut self, loaded: &Loaded, opts: &Options) -> Result<()> {
+        if opts.operator.is_some() && opts.enforcer.is_some() {
+            self.start_operator(loaded, opts)
+        } else {
+            self.start_enforcers(loaded.engine.cluster(), opts)
+        }
+    }
+
+    /// Has the enforcers enforce another step of a scenario (same pods, other
+    /// policies): state files rewritten, or the operator's manifests.
+    pub fn apply_loaded(&mut self, loaded: &Loaded) -> Result<()> {
+        if self.control.is_some() {
+            self.write_manifests(loaded)?;
+            self.wait_realised(loaded.engine.cluster(), crate::operator::REALISE_TIMEOUT)
+        } else {
+            self.apply(loaded.engine.cluster())
+        }
+    }
+
+    /// Writes the scenario's objects and policies into the operator's folder.
+    pub fn write_manifests(&self, loaded: &Loaded) -> Result<()> {
+        let cp = self.control.as_ref().context("the lab has no operator")?;
+        cp.write_cluster(&self.placed(loaded.engine.cluster()))?;
+        cp.write_policies(&loaded.scenario.policies)
+    }
+
+    /// The digest of the rule set the engine compiles for each node of `cluster`,
+    /// its objects in the operator's order (by kind, namespace and name: the order
+    /// only decides where things sit in the rule set, never what they mean).
+    pub fn expected_digests(&self, cluster: &Cluster) -> Result<Vec<String>> {
+        let mut sorted = cluster.clone();
+        sorted.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted
+            .pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        sorted.policies.sort_by(|a, b| a.id.cmp(&b.id));
+        sorted.tiers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(self
+            .compile(&sorted, 0)?
+            .iter()
+            .map(palisade_wire::digest)
+            .collect())
+    }
+
+    /// Waits until every agent has in force what the engine compiles for its node.
+    pub fn wait_realised(&mut self, cluster: &Cluster, timeout: std::time::Duration) -> Result<()> {
+        let digests = self.expected_digests(cluster)?;
+        let deadline = Instant::now() + timeout;
+        for (agent, digest) in self.agents.iter_mut().zip(&digests) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = agent.wait_digest(&self.lab, digest, left) {
+                let tail = self
+                    .control
+                    .as_ref()
+                    .map(|c| c.log_tail())
+                    .unwrap_or_default();
+                return Err(e.context(format!("operator mode{tail}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The operator (manifest-directory source) in its own namespace, and one
+    /// agent per node following it; returns once every node enforces the scenario.
+    pub fn start_operator(&mut self, loaded: &Loaded, opts: &Options) -> Result<()> {
+        let (Some(operator), Some(enforcer)) = (&opts.operator, &opts.enforcer) else {
+            bail!("operator mode needs the operator and the enforcer binaries");
+        };
+        let (ns, ip) = self
+            .control_host
+            .clone()
+            .context("the lab was built without a control-plane host (Options::operator)")?;
+        let dir = self.run_dir()?;
+        let mut cp = ControlPlane::new(&ns, ip, &dir, operator, &self.node_names)?;
+        cp.write_cluster(&self.placed(loaded.engine.cluster()))?;
+        cp.write_policies(&loaded.scenario.policies)?;
+        cp.start(&self.lab)?;
+        self.control = Some(cp);
+        let nodes: Vec<(String, String)> = self
+            .lab
+            .nodes
+            .iter()
+            .zip(&self.node_names)
+            .map(|(n, name)| (n.ns.clone(), name.clone()))
+            .collect();
+        for (i, (ns, name)) in nodes.into_iter().enumerate() {
+            let cp = self.control.as_ref().context("operator gone")?;
+            let token_file = cp.tokens.get(&name).cloned().context("no token")?;
+            let spec = AgentSpec {
+                node: name,
+                token_file,
+                state_file: dir.join(format!("agent-{i}.json")),
+                log: dir.join(format!("agent-{i}.log")),
+            };
+            let agent = Agent::start(&self.lab, enforcer, &ns, cp, spec)?;
+            self.agents.push(agent);
+        }
+        self.wait_realised(loaded.engine.cluster(), crate::operator::REALISE_TIMEOUT)
+    }
+
     /// Starts one enforcer per node on the compiled rule sets of `cluster`; without
     /// an enforcer binary, checks that there is nothing to enforce.
     pub fn start_enforcers(&mut self, cluster: &Cluster, opts: &Options) -> Result<()> {
@@ -365,10 +521,7 @@ impl ScenarioLab {
             }
             return Ok(());
         };
-        let dir = std::env::temp_dir().join(format!("pal-e2e-{}", self.lab.run_id));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::signals::register_dir(dir.clone());
-        self.dir = Some(dir.clone());
+        let dir = self.run_dir()?;
         let rule_sets = self.compile(cluster, 1)?;
         for (node, rules) in self.lab.nodes.iter().zip(&rule_sets) {
             let e = Enforcer::start(&self.lab, binary, &node.ns, &dir, rules)?;
@@ -485,6 +638,13 @@ impl ScenarioLab {
             self.lab.stop(e.pid, Duration::from_secs(2));
         }
         self.enforcers.clear();
+        for a in &self.agents {
+            self.lab.stop(a.pid, Duration::from_secs(2));
+        }
+        self.agents.clear();
+        if let Some(mut cp) = self.control.take() {
+            cp.stop(&self.lab);
+        }
         let r = self.lab.teardown();
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(&dir);

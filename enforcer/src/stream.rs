@@ -293,6 +293,7 @@ async fn apply_one<A: Applier>(
                 status.state = Some(Arc::clone(&state));
                 status.rule_errors = rule_errors;
                 status.failed = None;
+                (shared.emit)(json!({"realised": state.version, "digest": status.digest}));
             }
             Err(error) => {
                 (shared.emit)(json!({"error": error, "version": state.version}));
@@ -549,7 +550,7 @@ async fn session<A: Applier>(
                         }
                         status.report()
                     };
-                    (shared.emit)(json!({"current_version": version}));
+                    (shared.emit)(json!({"current_version": version, "digest": report.digest}));
                     if out_tx.send(ClientMessage::Report(report)).await.is_err() {
                         return end(served, "stream closed".to_string());
                     }
