@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make lab    the local lab demo (as root): a two-node dataplane in network
-#               namespaces, the testweb/testcurl walkthrough on real packets
+#               namespaces, the testweb/testcurl walkthrough on real packets, with
+#               palisade-operator and one enforcer agent per node as separate processes
 #   make test   everything CI checks: format, lints, unit/property/netns tests,
 #               the scenario suite through the engine and on the real dataplane
 SHELL := /bin/bash
@@ -31,7 +32,7 @@ scenarios:
 	$(CARGO) run -q -p palisade-cli --bin palisade -- test e2e/scenarios/
 
 lab: deps
-	$(CARGO) build -q -p palisade-cli -p palisade-enforcer -p e2e
+	$(CARGO) build -q -p palisade-cli -p palisade-enforcer -p palisade-operator -p e2e
 	$(CARGO) run -q -p e2e -- demo
 
 bench:
