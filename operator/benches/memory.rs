@@ -104,13 +104,11 @@ fn run(mode: &str) {
     let commit = start.elapsed();
     assert_eq!(published, NODES, "every node compiled");
     let (hwm, rss) = memory();
-    println!(
-        "{mode:<7} {objects:<8} {:<9} {:<9} {:<10} {}",
-        format!("{:.2} s", load.as_secs_f64()),
-        format!("{:.2} s", commit.as_secs_f64()),
-        format!("{:.0} MiB", hwm as f64 / 1024.0),
-        format!("{:.0} MiB", rss as f64 / 1024.0),
-    );
+    let load = format!("{:.2} s", load.as_secs_f64());
+    let commit = format!("{:.2} s", commit.as_secs_f64());
+    let hwm = format!("{:.0} MiB", hwm as f64 / 1024.0);
+    let rss = format!("{:.0} MiB", rss as f64 / 1024.0);
+    println!("{mode:<7} {objects:<8} {load:<9} {commit:<9} {hwm:<10} {rss}");
     // Everything stays alive until measured.
     drop(dir_state);
     drop(reconciler);
