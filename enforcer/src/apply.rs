@@ -16,8 +16,8 @@
 //!    (before any rule can reference them);
 //! 2. `iptables-restore --noflush -w` per family: changed chains replaced and stale
 //!    chains deleted, atomically;
-//! 3. hooks: `-C`, and `-I FORWARD 1` only when missing (first apply, and
-//!    [`Enforcer::ensure_hooks`]);
+//! 3. hooks: `-S FORWARD`, and `-I FORWARD 1` when missing or not first (first
+//!    apply, and [`Enforcer::ensure_hooks`]);
 //! 4. `ipset restore -exist`: stale sets destroyed (no rule references them any more);
 //! 5. revocation: conntrack entries of connections the new state denies and the
 //!    previous one allowed are deleted (see [`Enforcer::revoke`]).
@@ -302,29 +302,35 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Makes sure built-in FORWARD of both families jumps to `PALISADE-FORWARD`:
-    /// checks with `-C`, inserts at the top only when missing, never touches any
-    /// other rule. Needs our chains to exist (call after an apply).
+    /// Makes sure built-in FORWARD of both families jumps to `PALISADE-FORWARD`
+    /// first: lists FORWARD, inserts our hook at the top when it is missing, and
+    /// moves it back to the top when something was put before it, never touching
+    /// any other rule. Needs our chains to exist (call after an apply).
+    ///
+    /// First, because rules ahead of ours may ACCEPT what our policies deny:
+    /// kube-proxy (iptables mode) prepends its jump to `KUBE-FORWARD` whenever it
+    /// finds it missing (its first sync after a boot or a flush), and
+    /// `KUBE-FORWARD` accepts every packet it marked for masquerade (NodePort and
+    /// external-IP traffic, hairpin). The move is one `*-restore --noflush`
+    /// transaction (`-D` then `-I 1`): there is never a moment without the hook.
     pub fn ensure_hooks(&self) -> Result<(), ApplyError> {
+        let spec = format!("-m comment --comment \"{HOOK_COMMENT}\" -j {CHAIN_FORWARD}");
         for family in FAMILIES {
             let tool = self.backend.iptables(family);
-            let spec = [
-                "FORWARD",
-                "-m",
-                "comment",
-                "--comment",
-                HOOK_COMMENT,
-                "-j",
-                CHAIN_FORWARD,
-            ];
-            let mut check = vec!["-w", "10", "-C"];
-            check.extend_from_slice(&spec);
-            if run(&tool, &check, None).is_ok() {
+            let listing = run(&tool, &["-w", "10", "-S", "FORWARD"], None)?;
+            let mut rules = listing.lines().filter(|l| l.starts_with("-A FORWARD "));
+            let is_hook =
+                |l: &str| l.contains(HOOK_COMMENT) && l.ends_with(&format!("-j {CHAIN_FORWARD}"));
+            if rules.next().is_some_and(is_hook) {
                 continue;
             }
-            let mut insert = vec!["-w", "10", "-I", "FORWARD", "1"];
-            insert.extend_from_slice(&spec[1..]);
-            run(&tool, &insert, None)?;
+            let present = listing.lines().any(is_hook);
+            let mut text = String::from("*filter\n");
+            if present {
+                text.push_str(&format!("-D FORWARD {spec}\n"));
+            }
+            text.push_str(&format!("-I FORWARD 1 {spec}\nCOMMIT\n"));
+            run_restore(&self.backend.restore(family), &text)?;
         }
         Ok(())
     }
