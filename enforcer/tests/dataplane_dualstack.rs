@@ -275,10 +275,38 @@ fn each_family_is_one_restore_transaction() {
     let agent = Agent::start(&lab.node, &state_path, Some(&bin));
     agent.applied(1);
 
-    // First apply: one restore per family, the sets (both families) before.
+    // First apply: one restore per family writes every chain, the sets (both
+    // families) before it; the hook into FORWARD comes after (its own small
+    // transaction, as in every hook check).
     let first = calls(&tmp.0);
-    assert_eq!(count(&first, "iptables-nft-restore"), 1, "{first:#?}");
-    assert_eq!(count(&first, "ip6tables-nft-restore"), 1, "{first:#?}");
+    let input = |id: &str| std::fs::read_to_string(tmp.0.join(format!("in.{id}"))).expect("input");
+    let chain_restores = |calls: &[(String, String, String)], tool: &str| -> usize {
+        calls
+            .iter()
+            .filter(|(id, t, _)| t == tool && input(id).contains(":PALISADE-"))
+            .count()
+    };
+    assert_eq!(
+        chain_restores(&first, "iptables-nft-restore"),
+        1,
+        "{first:#?}"
+    );
+    assert_eq!(
+        chain_restores(&first, "ip6tables-nft-restore"),
+        1,
+        "{first:#?}"
+    );
+    let hook = first
+        .iter()
+        .filter(|(id, t, _)| t == "ip6tables-nft-restore" && !input(id).contains(":PALISADE-"))
+        .map(|(id, _, _)| input(id))
+        .collect::<Vec<_>>();
+    assert_eq!(hook.len(), 1, "{first:#?}");
+    assert!(
+        hook[0].contains("-I FORWARD 1 ") && hook[0].lines().count() == 3,
+        "{}",
+        hook[0]
+    );
     assert_eq!(
         count(&first, "iptables-legacy-restore") + count(&first, "ip6tables-legacy-restore"),
         0
@@ -292,7 +320,6 @@ fn each_family_is_one_restore_transaction() {
     let sets_at = pos("ipset", "restore");
     let v6_at = pos("ip6tables-nft-restore", "--noflush");
     assert!(sets_at < v6_at, "{first:#?}");
-    let input = |id: &str| std::fs::read_to_string(tmp.0.join(format!("in.{id}"))).expect("input");
     let set_input = input(&first[sets_at].0);
     assert!(set_input.contains("family inet6"), "{set_input}");
     assert!(

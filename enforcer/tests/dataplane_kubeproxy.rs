@@ -1,0 +1,286 @@
+//! Palisade beside kube-proxy in iptables mode, in a dual-stack node namespace.
+//!
+//! kube-proxy's filter rules `ACCEPT` in `KUBE-FORWARD` what its nat rules marked
+//! for masquerade (`0x4000`: NodePort and external-IP traffic, hairpin), and it
+//! *prepends* its jump to `KUBE-FORWARD` in `FORWARD` whenever the jump is missing
+//! (its first sync after a boot, after a flush). If that jump comes before
+//! Palisade's, Palisade never sees those packets: an external client reaches an
+//! isolated pod through a NodePort of its node.
+//!
+//! The test programs the node with `palisade-enforcer run` (hook check every 200
+//! ms), then installs a kube-proxy-like NodePort 30080 → pod a:8080 (nat
+//! `KUBE-NODEPORTS` / `KUBE-EXT` / `KUBE-MARK-MASQ` / `KUBE-SEP`, `MASQUERADE` in
+//! `POSTROUTING`) and `KUBE-FORWARD`, its jump prepended to `FORWARD` after
+//! Palisade's hook, as a kube-proxy starting second does. Within a hook check
+//! Palisade's jump is first again, and the external client is refused through
+//! the NodePort as it is directly, in both families; the pod that a's policy
+//! admits still gets through the NodePort.
+
+mod common;
+mod dataplane_common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dataplane_common::*;
+use palisade_enforcer::NodeRuleSet;
+use palisade_policy::model::{Action, Family, PolicyKind};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
+const PORT: u16 = 8080;
+const NODE_PORT: u16 = 30080;
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Agent {
+    child: Child,
+    rx: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Agent {
+    fn start(ns: &Netns, state: &Path) -> Agent {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, BIN, "run", "--backend", "nft"])
+            .args(["--hook-check-ms", "200", "--state"])
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn palisade-enforcer run");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Agent { child, rx }
+    }
+
+    fn applied(&self, version: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(v) if v["applied_version"] == version => return,
+                Ok(v) if v.get("error").is_some() => panic!("enforcer error: {v}"),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("version {version} not applied within 10 s");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: kill on the pid of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Pod a admits pod friend on 8080 (both families); nothing else is isolated.
+fn state(a: &DsPod, friend: &DsPod) -> NodeRuleSet {
+    let v4 = format!("{}/32", friend.ip(false));
+    let v6 = format!("{}/128", friend.ip(true));
+    mk_rule_set(
+        1,
+        &[NODE_V4, NODE_V6],
+        vec![np_tier()],
+        vec![
+            mk_set("a/in/0/v4", Family::IPv4, &[&v4], &[]),
+            mk_set("a/in/0/v6", Family::IPv6, &[&v6], &[]),
+        ],
+        vec![mk_policy(
+            PolicyKind::NetworkPolicy,
+            Some("web"),
+            "a-from-friend",
+            0,
+            vec![mk_rule(
+                0,
+                Action::Accept,
+                vec![mk_match(Some(vec![0, 1]), Some(vec![tcp(PORT)]), None)],
+            )],
+            vec![],
+        )],
+        vec![mk_pod(
+            "web",
+            "a",
+            &[&a.ip(false).to_string(), &a.ip(true).to_string()],
+            vec![tp(0, &[0])],
+            vec![],
+        )],
+    )
+}
+
+/// kube-proxy's rules for NodePort 30080 → a:8080 (one family), its filter jump
+/// prepended to FORWARD.
+fn kube_proxy(a: &DsPod, v6: bool) -> String {
+    let dest = if v6 {
+        format!("[{}]:{PORT}", a.ip(true))
+    } else {
+        format!("{}:{PORT}", a.ip(false))
+    };
+    format!(
+        "*nat\n\
+         :KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-EXT-A - [0:0]\n:KUBE-SEP-A - [0:0]\n\
+         :KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n\
+         -I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -I OUTPUT 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -I POSTROUTING 1 -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+         -A KUBE-NODEPORTS -p tcp -m tcp --dport {NODE_PORT} -j KUBE-EXT-A\n\
+         -A KUBE-EXT-A -j KUBE-MARK-MASQ\n\
+         -A KUBE-EXT-A -j KUBE-SEP-A\n\
+         -A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination {dest}\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -j MASQUERADE\n\
+         COMMIT\n\
+         *filter\n\
+         :KUBE-FORWARD - [0:0]\n\
+         -I FORWARD 1 -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
+         -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n\
+         -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n\
+         -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+         COMMIT\n"
+    )
+}
+
+fn first_forward_rule(node: &Netns, v6: bool) -> String {
+    let tool = if v6 { "ip6tables-nft" } else { "iptables-nft" };
+    node.exec(&format!("{tool} -w -S FORWARD"))
+        .lines()
+        .find(|l| l.starts_with("-A FORWARD "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn kube_proxy_prepending_its_forward_jump_never_bypasses_policies() {
+    if !can_netns("kube-proxy forward order") {
+        return;
+    }
+    let lab = DsLab::new(
+        &[
+            ("a", Some("198.18.6.10"), Some("2001:2::6:10")),
+            ("friend", Some("198.18.6.20"), Some("2001:2::6:20")),
+            // An outside client: no pod, routed through the node like the rest.
+            ("client", Some("198.18.6.30"), Some("2001:2::6:30")),
+        ],
+        Neigh::Static,
+    );
+    lab.serve_names(PORT);
+    let (a, friend, client) = (lab.pod("a"), lab.pod("friend"), lab.pod("client"));
+    let dir = std::env::temp_dir().join(format!("palisade-kp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _rm = TempDir(dir.clone());
+    let path = dir.join("state.json");
+    std::fs::write(&path, serde_json::to_vec(&state(a, friend)).expect("json")).expect("write");
+    let agent = Agent::start(&lab.node, &path);
+    agent.applied(1);
+
+    let wait = Duration::from_millis(500);
+    for v6 in [false, true] {
+        // Before kube-proxy: the client is refused, the friend admitted.
+        assert_eq!(
+            tcp_probe(&client.ns, sa(a.ip(v6), PORT), wait),
+            Seen::TimedOut
+        );
+        assert!(tcp_probe(&friend.ns, sa(a.ip(v6), PORT), wait).allowed());
+        // kube-proxy starts and prepends its jump: it is first for a moment.
+        let tool = if v6 {
+            "ip6tables-nft-restore"
+        } else {
+            "iptables-nft-restore"
+        };
+        let text = kube_proxy(a, v6);
+        lab.node.run(|| {
+            let mut child = Command::new(tool)
+                .args(["--noflush", "-w", "10"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("restore");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write");
+            assert!(child.wait().expect("wait").success(), "{text}");
+        });
+        assert!(first_forward_rule(&lab.node, v6).contains("KUBE-FORWARD"));
+    }
+    // Within a hook check (200 ms here), Palisade's jump is first again.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for v6 in [false, true] {
+        while !first_forward_rule(&lab.node, v6).contains("-j PALISADE-FORWARD") {
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                lab.node.exec(if v6 {
+                    "ip6tables-nft -S FORWARD"
+                } else {
+                    "iptables-nft -S FORWARD"
+                })
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let listing = lab.node.exec(if v6 {
+            "ip6tables-nft -S FORWARD"
+        } else {
+            "iptables-nft -S FORWARD"
+        });
+        assert_eq!(
+            listing.matches("-j PALISADE-FORWARD").count(),
+            1,
+            "{listing}"
+        );
+        assert!(
+            listing.contains("-j KUBE-FORWARD"),
+            "kube-proxy's jump kept: {listing}"
+        );
+    }
+    for v6 in [false, true] {
+        let node_ip: std::net::IpAddr = if v6 { NODE_V6 } else { NODE_V4 }.parse().expect("ip");
+        let through_node_port = sa(node_ip, NODE_PORT);
+        for _ in 0..3 {
+            // The NodePort DNATs to a and marks for masquerade: KUBE-FORWARD would
+            // ACCEPT it; Palisade, first, refuses the client as a's policy says.
+            assert_eq!(
+                tcp_probe(&client.ns, through_node_port, wait),
+                Seen::TimedOut,
+                "v6 {v6}: the client reached a through the NodePort"
+            );
+            assert_eq!(
+                tcp_probe(&client.ns, sa(a.ip(v6), PORT), wait),
+                Seen::TimedOut
+            );
+            assert_eq!(
+                tcp_probe(&friend.ns, through_node_port, wait),
+                Seen::Name("a".into()),
+                "v6 {v6}: the friend through the NodePort"
+            );
+        }
+    }
+    drop(agent);
+    sh(&format!("ip netns exec {} {BIN} cleanup", lab.node.name));
+}
