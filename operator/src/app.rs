@@ -223,7 +223,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         }
         None => {
             tracing::warn!("no stream certificate given: enforcers are not served");
-            tokio::spawn(std::future::pending())
+            let stop = shared.shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                Ok(())
+            })
         }
     };
 
