@@ -1,4 +1,6 @@
-//! Palisade beside kube-proxy in iptables mode, in a dual-stack node namespace.
+//! Palisade beside kube-proxy, in a dual-stack node namespace.
+//!
+//! iptables mode:
 //!
 //! kube-proxy's filter rules `ACCEPT` in `KUBE-FORWARD` what its nat rules marked
 //! for masquerade (`0x4000`: NodePort and external-IP traffic, hairpin), and it
@@ -15,6 +17,14 @@
 //! Palisade's jump is first again, and the external client is refused through
 //! the NodePort as it is directly, in both families; the pod that a's policy
 //! admits still gets through the NodePort.
+//!
+//! nftables mode: kube-proxy's own tables (`ip` / `ip6 kube-proxy`), DNAT in a
+//! `type nat hook prerouting priority dstnat` chain, masquerade at `srcnat`, and
+//! a `type filter hook forward priority dstnat - 10` (-110) chain, here made to
+//! `accept` every new connection (kube-proxy's only drops or rejects; this is the
+//! worst case). An accept ends only its own base chain: iptables-nft's FORWARD (table
+//! `ip filter`, priority `filter`) still sees the packet after DNAT, so the client
+//! is refused through the NodePort and the admitted pod gets through.
 
 mod common;
 mod dataplane_common;
@@ -283,4 +293,96 @@ fn kube_proxy_prepending_its_forward_jump_never_bypasses_policies() {
     }
     drop(agent);
     sh(&format!("ip netns exec {} {BIN} cleanup", lab.node.name));
+}
+
+/// kube-proxy's nftables mode, reduced to what matters here (one family).
+fn kube_proxy_nft(a: &DsPod, v6: bool) -> String {
+    let (family, dest) = if v6 {
+        ("ip6", format!("[{}]:{PORT}", a.ip(true)))
+    } else {
+        ("ip", format!("{}:{PORT}", a.ip(false)))
+    };
+    format!(
+        "table {family} kube-proxy {{\n\
+           chain filter-forward {{\n\
+             type filter hook forward priority -110; policy accept;\n\
+             ct state new accept\n\
+           }}\n\
+           chain nat-prerouting {{\n\
+             type nat hook prerouting priority dstnat; policy accept;\n\
+             fib daddr type local tcp dport {NODE_PORT} meta mark set meta mark | 0x4000 dnat to {dest}\n\
+           }}\n\
+           chain nat-postrouting {{\n\
+             type nat hook postrouting priority srcnat; policy accept;\n\
+             meta mark & 0x4000 == 0x4000 meta mark set meta mark ^ 0x4000 masquerade\n\
+           }}\n\
+         }}\n"
+    )
+}
+
+#[test]
+fn kube_proxy_nftables_mode_cannot_bypass_policies() {
+    if !can_netns("kube-proxy nftables mode") {
+        return;
+    }
+    let lab = DsLab::new(
+        &[
+            ("a", Some("198.18.7.10"), Some("2001:2::7:10")),
+            ("friend", Some("198.18.7.20"), Some("2001:2::7:20")),
+            ("client", Some("198.18.7.30"), Some("2001:2::7:30")),
+        ],
+        Neigh::Static,
+    );
+    lab.serve_names(PORT);
+    let (a, friend, client) = (lab.pod("a"), lab.pod("friend"), lab.pod("client"));
+    let dir = std::env::temp_dir().join(format!("palisade-kpnft-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _rm = TempDir(dir.clone());
+    let path = dir.join("state.json");
+    std::fs::write(&path, serde_json::to_vec(&state(a, friend)).expect("json")).expect("write");
+    let agent = Agent::start(&lab.node, &path);
+    agent.applied(1);
+    for v6 in [false, true] {
+        let text = kube_proxy_nft(a, v6);
+        lab.node.run(|| {
+            let mut child = Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("nft");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write");
+            assert!(child.wait().expect("wait").success(), "{text}");
+        });
+    }
+    let wait = Duration::from_millis(500);
+    for v6 in [false, true] {
+        let node_ip: std::net::IpAddr = if v6 { NODE_V6 } else { NODE_V4 }.parse().expect("ip");
+        let through_node_port = sa(node_ip, NODE_PORT);
+        for _ in 0..3 {
+            assert_eq!(
+                tcp_probe(&client.ns, through_node_port, wait),
+                Seen::TimedOut,
+                "v6 {v6}: the client reached a through the NodePort"
+            );
+            assert_eq!(
+                tcp_probe(&friend.ns, through_node_port, wait),
+                Seen::Name("a".into()),
+                "v6 {v6}: the friend through the NodePort"
+            );
+        }
+    }
+    // The DNAT happened (the friend's connections went through kube-proxy's
+    // table): its chain counted them.
+    let ruleset = lab.node.exec("nft list table ip kube-proxy");
+    assert!(ruleset.contains("dnat to"), "{ruleset}");
+    drop(agent);
+    sh(&format!("ip netns exec {} {BIN} cleanup", lab.node.name));
+    lab.node
+        .exec("nft delete table ip kube-proxy; nft delete table ip6 kube-proxy");
 }
