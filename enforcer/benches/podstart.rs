@@ -206,7 +206,7 @@ fn main() {
             in_process.push(t.elapsed());
             if round == 0 {
                 println!(
-                    "adding the pod writes {} chains (each family) and updates {} sets",
+                    "adding the pod writes {} chains and updates {} sets (both families together)",
                     r.chains_written, r.sets_updated
                 );
             }
