@@ -5,7 +5,7 @@
 //! order), and every pod peer to a [`PodSet`]. A verdict is then a walk over the few
 //! policies of two pods, with set lookups for peers: no label matching per query.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -266,6 +266,7 @@ impl Engine {
             policies.push(prepare.policy(policy, tier, missing, &mut diagnostics));
         }
         lookup.finish(&policies);
+        report_priority_ties(&policies, &tiers, &cluster, &mut diagnostics);
         let mut selected = [
             vec![Vec::new(); cluster.pods.len()],
             vec![Vec::new(); cluster.pods.len()],
@@ -413,6 +414,19 @@ impl Engine {
     /// Fail-closed and other notices about the input.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         &self.diagnostics
+    }
+
+    /// Tiers that share a priority (ordered by name; the contract wants it reported).
+    pub fn tier_ties(&self) -> Vec<(i32, Vec<&str>)> {
+        let mut ties: Vec<(i32, Vec<&str>)> = Vec::new();
+        for t in &self.tiers {
+            match ties.last_mut() {
+                Some((p, names)) if *p == t.priority => names.push(&t.name),
+                _ => ties.push((t.priority, vec![&t.name])),
+            }
+        }
+        ties.retain(|(_, names)| names.len() > 1);
+        ties
     }
 
     pub fn pod_index(&self, namespace: &str, name: &str) -> Option<usize> {
@@ -818,6 +832,44 @@ fn tier_index(tiers: &[TierInfo], name: &str) -> Result<usize, PolicyError> {
         .iter()
         .position(|t| t.name == name)
         .ok_or_else(|| PolicyError::invalid(format!("tier {name}"), "name", "unknown tier"))
+}
+
+/// Policies of one cluster tier with equal priority are ordered by kind, then
+/// name: deterministic, but upstream leaves it undefined, so it is reported.
+fn report_priority_ties(
+    policies: &[PreparedPolicy],
+    tiers: &[TierInfo],
+    cluster: &Cluster,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let priority: HashMap<&PolicyId, i32> = cluster
+        .policies
+        .iter()
+        .map(|p| (&p.id, p.priority))
+        .collect();
+    let key = |p: &PreparedPolicy| (p.tier, priority.get(&p.id).copied().unwrap_or_default());
+    for group in policies.chunk_by(|a, b| key(a) == key(b)) {
+        if group.len() < 2 || tiers[group[0].tier].is_networkpolicy() {
+            continue;
+        }
+        for p in group {
+            let others: Vec<String> = group
+                .iter()
+                .filter(|o| o.id != p.id)
+                .map(|o| o.id.to_string())
+                .collect();
+            diagnostics.push(Diagnostic {
+                policy: p.id.clone(),
+                field: "spec.priority".into(),
+                message: format!(
+                    "priority {} in tier {} is shared with {}: ordered by kind, then name",
+                    key(p).1,
+                    tiers[p.tier].name,
+                    others.join(", ")
+                ),
+            });
+        }
+    }
 }
 
 fn check_unique_policies(policies: &[Policy]) -> Result<(), PolicyError> {

@@ -211,3 +211,39 @@ fn fail_closed_rules_are_reported() {
         }
     ));
 }
+
+#[test]
+fn priority_ties_are_reported() {
+    let mut c = cluster();
+    for (name, priority) in [("one", 5), ("two", 5), ("three", 6)] {
+        c.policies.push(Policy {
+            id: PolicyId {
+                kind: PolicyKind::ClusterNetworkPolicy,
+                namespace: None,
+                name: name.into(),
+            },
+            tier: TIER_ADMIN.into(),
+            priority,
+            subject: Subject::Namespaces(LabelSelector::everything()),
+            ingress: Some(vec![allow(None, None)]),
+            egress: None,
+            audit: None,
+        });
+    }
+    for (name, priority) in [("sec", 50), ("ops", 50)] {
+        c.tiers.push(Tier {
+            name: name.into(),
+            priority,
+            default_action: DefaultAction::Pass,
+        });
+    }
+    let e = Engine::new(c).expect("valid");
+    let tied: Vec<&str> = e
+        .diagnostics()
+        .iter()
+        .filter(|d| d.field == "spec.priority")
+        .map(|d| d.policy.name.as_str())
+        .collect();
+    assert_eq!(tied, ["one", "two"]);
+    assert_eq!(e.tier_ties(), [(50, vec!["ops", "sec"])]);
+}
