@@ -10,8 +10,8 @@
 //! timeout). For each change it reports the time from the write (the rename) to
 //! the first probe that observed the new verdict: for an allow, the connect that
 //! succeeded; for a deny, the first probe *sent* after which every probe times out
-//! (seen 100 ms later, its timeout). Also the time until both agents reported the
-//! new rule set realised.
+//! (seen 100 ms later, its timeout). Also the time until the agent whose rules
+//! changed printed that it realised them (the apply itself, revocation included).
 //!
 //! Run as root, with the binaries built in the same profile:
 //!
@@ -206,11 +206,19 @@ fn run(changes: usize) -> Result<()> {
                 };
             };
             lab.wait_realised(step.engine.cluster(), CHANGE_TIMEOUT)?;
-            let realised = written.elapsed();
+            // When the last agent's line saying so arrived (agents whose rules did
+            // not change report nothing new).
+            let realised = lab
+                .agents
+                .iter()
+                .filter_map(|a| a.realised_at)
+                .filter(|t| *t >= written)
+                .max()
+                .map_or(Duration::ZERO, |t| t - written);
             to_verdict.push(observed.as_secs_f64() * 1000.0);
             to_realised.push(realised.as_secs_f64() * 1000.0);
             eprintln!(
-                "change {:>2} ({}): verdict after {:>6.1} ms, realised by both agents after {:>6.1} ms",
+                "change {:>2} ({}): verdict after {:>6.1} ms, realised by the agent after {:>6.1} ms",
                 i + 1,
                 if want_allowed { "allow" } else { "deny " },
                 observed.as_secs_f64() * 1000.0,
@@ -240,7 +248,7 @@ fn run(changes: usize) -> Result<()> {
     println!("policy change -> new verdict on real traffic, {changes} changes ({probes} probes)");
     println!("  verdict observed: min {min:.1} ms, median {med:.1} ms, max {max:.1} ms");
     println!("    allow changes: median {amed:.1} ms, max {amax:.1} ms; deny changes: median {dmed:.1} ms, max {dmax:.1} ms");
-    println!("  realised (both agents reported): min {rmin:.1} ms, median {rmed:.1} ms, max {rmax:.1} ms");
+    println!("  realised (the agent reported it): min {rmin:.1} ms, median {rmed:.1} ms, max {rmax:.1} ms");
     println!(
         "  target: median < 200 ms ({}), worst < 1 s ({})",
         if med < 200.0 { "met" } else { "NOT met" },

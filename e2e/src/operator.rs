@@ -347,10 +347,11 @@ pub struct Agent {
     pub spec: AgentSpec,
     pub ns: String,
     pub pid: u32,
-    lines: Receiver<String>,
-    /// The last version and digest it reported in force.
+    lines: Receiver<(Instant, String)>,
+    /// The last version and digest it reported in force, and when that line came.
     pub version: u64,
     pub digest: Option<String>,
+    pub realised_at: Option<Instant>,
     /// Its `{"error":...}` lines.
     pub errors: Vec<String>,
     /// Every line it printed (JSON values).
@@ -400,7 +401,7 @@ impl Agent {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -412,15 +413,17 @@ impl Agent {
             lines: rx,
             version: 0,
             digest: None,
+            realised_at: None,
             errors: Vec::new(),
             seen: Vec::new(),
         })
     }
 
-    fn take(&mut self, line: &str) -> Option<Value> {
+    fn take(&mut self, at: Instant, line: &str) -> Option<Value> {
         let value: Value = serde_json::from_str(line.trim()).ok()?;
         if let Some(v) = value.get("realised").and_then(Value::as_u64) {
             self.version = v;
+            self.realised_at = Some(at);
             self.digest = value
                 .get("digest")
                 .and_then(Value::as_str)
@@ -438,8 +441,8 @@ impl Agent {
 
     /// Reads what the agent printed so far, without waiting.
     pub fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.take(&line);
+        while let Ok((at, line)) = self.lines.try_recv() {
+            self.take(at, &line);
         }
     }
 
@@ -462,8 +465,8 @@ impl Agent {
                 .lines
                 .recv_timeout(left.min(Duration::from_millis(100)))
             {
-                Ok(line) => {
-                    if let Some(v) = self.take(&line) {
+                Ok((at, line)) => {
+                    if let Some(v) = self.take(at, &line) {
                         if pred(&v) {
                             return Ok(v);
                         }
@@ -494,19 +497,49 @@ impl Agent {
         }
     }
 
-    /// Waits until the agent has the rule set with `digest` in force.
+    /// Waits until the agent has the rule set with `digest` in force (the last
+    /// rule set it reported realised, not any it had before).
     pub fn wait_digest(&mut self, lab: &Lab, digest: &str, timeout: Duration) -> Result<()> {
-        self.drain();
-        if self.digest.as_deref() == Some(digest) {
-            return Ok(());
-        }
         let what = format!("the rules with digest {}", &digest[..12.min(digest.len())]);
-        self.wait_for(lab, &what, timeout, |v| {
-            v.get("digest").and_then(Value::as_str) == Some(digest)
-        })
-        .map(|_| ())
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            if self.digest.as_deref() == Some(digest) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok((at, line)) => {
+                    self.take(at, &line);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if !lab.running(self.pid) {
+                        bail!(
+                            "agent of node {} exited before {what}{}",
+                            self.spec.node,
+                            self.log_tail()
+                        );
+                    }
+                    if left.is_zero() {
+                        bail!(
+                            "agent of node {} did not realise {what} within {timeout:?} (it has {}){}",
+                            self.spec.node,
+                            self.digest.as_deref().map_or("none", |d| &d[..12.min(d.len())]),
+                            self.log_tail()
+                        );
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => bail!(
+                    "agent of node {} closed its output before {what}{}",
+                    self.spec.node,
+                    self.log_tail()
+                ),
+            }
+        }
     }
-
     pub fn log_tail(&self) -> String {
         let mut out = String::new();
         if !self.errors.is_empty() {
