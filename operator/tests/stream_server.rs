@@ -39,6 +39,10 @@ fn state(node: &str, version: u64, ip: &str) -> NodeRuleSet {
 }
 
 async fn start() -> Fixture {
+    start_with(Timings::default()).await
+}
+
+async fn start_with(timings: Timings) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let files = pki::write(dir.path(), &["localhost", "127.0.0.1"]).expect("pki");
     let hub = Hub::new();
@@ -55,7 +59,7 @@ async fn start() -> Fixture {
         Arc::clone(&hub),
         Arc::new(tokens),
         metrics.clone(),
-        Timings::default(),
+        timings,
         rx.clone(),
     );
     tokio::spawn(stream::serve(listener, config, service, rx));
@@ -340,4 +344,28 @@ async fn an_untrusted_server_certificate_is_refused_by_the_client() {
         f.metrics.refused_count("tls") == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn old_streams_are_renewed() {
+    let f = start_with(Timings {
+        max_stream_age: Duration::from_millis(300),
+        ..Timings::default()
+    })
+    .await;
+    f.hub.publish(vec![state("n1", 1, "10.0.0.1")]);
+    let mut conn = follow(&f, Some("tok-n1"), "n1", None)
+        .await
+        .expect("accepted");
+    assert_eq!(snapshot_version(next(&mut conn).await), ("n1".into(), 1));
+    let t = Instant::now();
+    let end = tokio::time::timeout(WAIT, conn.rx.message())
+        .await
+        .expect("ends in time");
+    assert_eq!(end.err().map(|s| s.code()), Some(Code::Unavailable));
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
 }

@@ -142,6 +142,11 @@ pub struct Timings {
     /// `keepalive` + `keepalive_timeout`).
     pub keepalive: Duration,
     pub keepalive_timeout: Duration,
+    /// A stream older than this (less up to a quarter, at random) is ended
+    /// (`UNAVAILABLE`): the enforcer reconnects
+    /// at once with its current token (projected tokens expire and rotate; a token
+    /// is checked when a stream opens), and resumes without a resend.
+    pub max_stream_age: Duration,
 }
 
 impl Default for Timings {
@@ -150,6 +155,7 @@ impl Default for Timings {
             handshake: Duration::from_secs(10),
             keepalive: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(10),
+            max_stream_age: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -302,6 +308,7 @@ impl palisade_wire::Distributor for StreamService {
             node: identity.node,
             peer,
             shutdown: self.shutdown.clone(),
+            max_age: self.timings.max_stream_age,
         };
         tokio::spawn(session.run(hello, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -315,6 +322,7 @@ struct Session {
     node: String,
     peer: String,
     shutdown: watch::Receiver<bool>,
+    max_age: Duration,
 }
 
 /// Ends the stream with `status` (the enforcer retries).
@@ -330,6 +338,14 @@ impl Session {
         tx: mpsc::Sender<Result<ServerMessage, Status>>,
     ) {
         self.metrics.connected.inc();
+        // Up to a quarter earlier, so streams opened together are not renewed together.
+        let spread = (self.max_age / 4).as_millis() as u64;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+        let early = Duration::from_millis(if spread == 0 { 0 } else { nanos % spread });
+        let expires = tokio::time::sleep(self.max_age.saturating_sub(early));
+        tokio::pin!(expires);
         let mut desired = self.hub.subscribe(&self.node);
         let mut leadership = self.hub.leadership();
         let mut sent: Option<u64> = None;
@@ -401,6 +417,10 @@ impl Session {
                         end(&tx, Status::unavailable("the operator is shutting down; retry")).await;
                         break;
                     }
+                }
+                () = &mut expires => {
+                    end(&tx, Status::unavailable("stream renewed: reconnect with a fresh token")).await;
+                    break;
                 }
                 _ = tx.closed() => break,
             }
