@@ -8,9 +8,11 @@
 //! - Every poll (100 ms by default) compares each file's size, modification time and inode
 //!   with the last poll, and reads the files that changed (and those modified in the last two
 //!   seconds, whose timestamps may be too coarse to tell two writes apart). A file whose
-//!   content did not change is not parsed again. Then the whole directory's objects are
-//!   compared with what was sent before, and only the difference goes out: objects added or
-//!   changed (`Apply`), removed (`Delete`), and rejections that appeared or went away.
+//!   content did not change is not parsed again. A changed file withdraws what its previous
+//!   version contributed and adds what the new one does; only the objects it names are
+//!   settled again, and only the difference goes out: objects added or changed (`Apply`),
+//!   removed (`Delete`), and rejections that appeared or went away. An edit costs the size of
+//!   its file (plus one `stat` per file), not of the directory.
 //! - A document that cannot be read or converted is rejected with its file, document number
 //!   and line; if its object was accepted before (in any file), that version stays. A file
 //!   that cannot be read at all keeps the objects it had. An object defined twice is taken
@@ -146,18 +148,38 @@ struct Doc {
 struct FileState {
     fingerprint: Fingerprint,
     hash: u64,
-    /// `Err`: the file could not be read (its objects are kept).
-    docs: Result<Vec<Doc>, String>,
+    /// The documents last read (kept while the file cannot be read).
+    docs: Vec<Doc>,
+    /// Why the file cannot be read now, if it cannot.
+    unreadable: Option<String>,
 }
+
+/// A document's place: its file and number.
+type Place = (PathBuf, usize);
 
 /// The directory as last read, and what was sent for it: the pure, synchronous part of the
 /// source (tests drive it with [`DirState::scan`]).
-#[derive(Debug)]
+///
+/// Incremental: a changed file withdraws what its previous version contributed and adds what
+/// the new one does; only the objects it names are looked at again, so one edit costs the
+/// size of its file, not of the directory.
+#[derive(Debug, Default)]
 pub struct DirState {
     root: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
-    /// The objects sent, and the file each comes from.
-    objects: BTreeMap<ObjectKey, (Arc<ClusterObject>, PathBuf)>,
+    /// Valid definitions of each object, in path and document order (the first one wins).
+    defs: BTreeMap<ObjectKey, BTreeMap<Place, Arc<ClusterObject>>>,
+    /// Documents naming a pod that finished (it is deleted, never carried over).
+    finished: BTreeMap<ObjectKey, BTreeSet<Place>>,
+    /// Documents naming an object that could not be converted.
+    invalid: BTreeMap<ObjectKey, BTreeMap<Place, Rejection>>,
+    /// The duplicate-definition rejections standing for each object.
+    duplicates: BTreeMap<ObjectKey, BTreeSet<RejectionId>>,
+    /// Rejections of documents that name no object (not YAML, another kind), per file.
+    unnamed: BTreeMap<PathBuf, BTreeMap<RejectionId, Rejection>>,
+    /// The objects sent.
+    objects: BTreeMap<ObjectKey, Arc<ClusterObject>>,
+    /// The rejections sent.
     rejections: BTreeMap<RejectionId, Rejection>,
 }
 
@@ -165,9 +187,7 @@ impl DirState {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         DirState {
             root: root.into(),
-            files: BTreeMap::new(),
-            objects: BTreeMap::new(),
-            rejections: BTreeMap::new(),
+            ..DirState::default()
         }
     }
 
@@ -176,174 +196,297 @@ impl DirState {
     pub fn scan(&mut self) -> std::io::Result<Vec<Event>> {
         let listed = list_files(&self.root)?;
         let now = SystemTime::now();
-        let mut changed = false;
+        let mut events = Vec::new();
         let present: BTreeSet<&PathBuf> = listed.iter().map(|(p, _)| p).collect();
-        let before = self.files.len();
-        self.files.retain(|path, _| present.contains(path));
-        changed |= self.files.len() != before;
+        let removed: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for path in removed {
+            if let Some(old) = self.files.remove(&path) {
+                self.set_unreadable(&path, None, &mut events);
+                self.replace(&path, old.docs, Vec::new(), &mut events);
+            }
+        }
         for (path, fingerprint) in &listed {
             let recent = fingerprint
                 .modified
                 .and_then(|m| now.duration_since(m).ok())
                 .is_none_or(|age| age < RECENT);
-            if let Some(file) = self.files.get_mut(path) {
+            if let Some(file) = self.files.get(path) {
                 if file.fingerprint == *fingerprint && !recent {
                     continue;
                 }
             }
-            let content = std::fs::read(path);
-            let hash = match &content {
-                Ok(bytes) => hash_of(bytes),
-                Err(_) => 0,
-            };
-            if let Some(file) = self.files.get_mut(path) {
-                file.fingerprint = *fingerprint;
-                if file.hash == hash && content.is_ok() && file.docs.is_ok() {
+            let content = std::fs::read(path)
+                .map_err(|e| format!("cannot read: {e}"))
+                .and_then(|bytes| {
+                    let hash = hash_of(&bytes);
+                    String::from_utf8(bytes)
+                        .map(|text| (hash, text))
+                        .map_err(|_| "not UTF-8 text".to_string())
+                });
+            let (hash, text) = match content {
+                Ok(read) => read,
+                Err(reason) => {
+                    // Keep what the file had; say why it is not read.
+                    let file = self.files.entry(path.clone()).or_insert(FileState {
+                        fingerprint: *fingerprint,
+                        hash: 0,
+                        docs: Vec::new(),
+                        unreadable: None,
+                    });
+                    file.fingerprint = *fingerprint;
+                    file.unreadable = Some(reason.clone());
+                    self.set_unreadable(path, Some(reason), &mut events);
                     continue;
                 }
-            }
-            let docs = match content {
-                Err(e) => Err(format!("cannot read: {e}")),
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Err(_) => Err("not UTF-8 text".to_string()),
-                    Ok(text) => Ok(parse(&text)),
-                },
+            };
+            let old = match self.files.remove(path) {
+                Some(file) if file.hash == hash && file.unreadable.is_none() => {
+                    self.files.insert(
+                        path.clone(),
+                        FileState {
+                            fingerprint: *fingerprint,
+                            ..file
+                        },
+                    );
+                    continue;
+                }
+                Some(file) => file.docs,
+                None => Vec::new(),
             };
             debug!(path = %path.display(), "manifest file read");
+            self.set_unreadable(path, None, &mut events);
+            let docs = parse(&text);
+            self.replace(
+                path,
+                old,
+                docs.iter().map(Doc::share).collect(),
+                &mut events,
+            );
             self.files.insert(
                 path.clone(),
                 FileState {
                     fingerprint: *fingerprint,
                     hash,
                     docs,
+                    unreadable: None,
                 },
             );
-            changed = true;
         }
-        if !changed {
-            return Ok(Vec::new());
-        }
-        Ok(self.rebuild())
+        Ok(events)
     }
 
-    /// Recomputes the directory's objects and rejections from the files and returns the
-    /// difference from what was sent.
-    fn rebuild(&mut self) -> Vec<Event> {
-        let mut objects: BTreeMap<ObjectKey, (Arc<ClusterObject>, PathBuf)> = BTreeMap::new();
-        let mut rejections: BTreeMap<RejectionId, Rejection> = BTreeMap::new();
-        let mut finished: BTreeSet<ObjectKey> = BTreeSet::new();
-        // Rejected objects whose earlier version stays.
-        let mut keep: BTreeSet<ObjectKey> = BTreeSet::new();
-        for (path, file) in &self.files {
-            let name = self.display(path);
-            let docs = match &file.docs {
-                Ok(docs) => docs,
-                Err(reason) => {
-                    rejections.insert(
-                        RejectionId::Document(name.clone()),
-                        Rejection {
-                            id: RejectionId::Document(name.clone()),
-                            kind: "unknown".to_string(),
-                            origin: Some(name.clone()),
-                            error: reason.clone(),
-                        },
-                    );
-                    keep.extend(
-                        self.objects
-                            .iter()
-                            .filter(|(_, (_, from))| from == path)
-                            .map(|(key, _)| key.clone()),
-                    );
-                    continue;
+    /// Withdraws what `old` documents of `path` contributed, adds what `new` ones do, and
+    /// settles every object they name.
+    fn replace(&mut self, path: &Path, old: Vec<Doc>, new: Vec<Doc>, events: &mut Vec<Event>) {
+        let name = self.display(path);
+        let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
+        for doc in &old {
+            let place = (path.to_path_buf(), doc.document);
+            match (&doc.result, &doc.key) {
+                (Ok(Some(object)), _) => {
+                    let key = object.key();
+                    remove_in(&mut self.defs, &key, &place);
+                    touched.insert(key);
                 }
-            };
-            for doc in docs {
-                match &doc.result {
-                    Ok(Some(object)) => {
-                        let key = object.key();
-                        if let Some((_, first)) = objects.get(&key) {
-                            let origin = format!("{name} document {}", doc.document);
-                            let first = self.display(first);
-                            rejections.insert(
-                                RejectionId::Document(origin.clone()),
+                (Ok(None), Some(key)) => {
+                    if let Some(set) = self.finished.get_mut(key) {
+                        set.remove(&place);
+                        if set.is_empty() {
+                            self.finished.remove(key);
+                        }
+                    }
+                    touched.insert(key.clone());
+                }
+                (Err(_), Some(key)) => {
+                    remove_in(&mut self.invalid, key, &place);
+                    touched.insert(key.clone());
+                }
+                _ => {}
+            }
+        }
+        let mut unnamed = BTreeMap::new();
+        for doc in new {
+            let place = (path.to_path_buf(), doc.document);
+            match (doc.result, doc.key) {
+                (Ok(Some(object)), _) => {
+                    let key = object.key();
+                    self.defs
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(place, object);
+                    touched.insert(key);
+                }
+                (Ok(None), Some(key)) => {
+                    self.finished.entry(key.clone()).or_default().insert(place);
+                    touched.insert(key);
+                }
+                (Ok(None), None) => {}
+                (Err(e), key) => {
+                    let origin = match e.line() {
+                        Some(line) => format!("{name} document {} (line {line})", doc.document),
+                        None => format!("{name} document {}", doc.document),
+                    };
+                    let error = e.innermost().to_string();
+                    match key {
+                        Some(key) => {
+                            let rejection = Rejection::object(key.clone(), Some(origin), error);
+                            self.invalid
+                                .entry(key.clone())
+                                .or_default()
+                                .insert(place, rejection);
+                            touched.insert(key);
+                        }
+                        None => {
+                            let id = RejectionId::Document(origin.clone());
+                            unnamed.insert(
+                                id.clone(),
                                 Rejection {
-                                    id: RejectionId::Document(origin.clone()),
-                                    kind: key.kind().to_string(),
+                                    id,
+                                    kind: "unknown".to_string(),
                                     origin: Some(origin),
-                                    error: format!(
-                                        "{key} is defined more than once (first in {first})"
-                                    ),
+                                    error,
                                 },
                             );
-                            continue;
                         }
-                        objects.insert(key, (object.clone(), path.clone()));
-                    }
-                    Ok(None) => {
-                        if let Some(key) = &doc.key {
-                            finished.insert(key.clone());
-                        }
-                    }
-                    Err(e) => {
-                        let origin = match e.line() {
-                            Some(line) => format!("{name} document {} (line {line})", doc.document),
-                            None => format!("{name} document {}", doc.document),
-                        };
-                        let error = e.innermost().to_string();
-                        let rejection = match &doc.key {
-                            Some(key) => {
-                                keep.insert(key.clone());
-                                Rejection::object(key.clone(), Some(origin), error)
-                            }
-                            None => Rejection {
-                                id: RejectionId::Document(origin.clone()),
-                                kind: "unknown".to_string(),
-                                origin: Some(origin),
-                                error,
-                            },
-                        };
-                        rejections.insert(rejection.id.clone(), rejection);
                     }
                 }
             }
         }
-        for key in keep {
-            if objects.contains_key(&key) || finished.contains(&key) {
-                continue;
-            }
-            if let Some(previous) = self.objects.get(&key) {
-                objects.insert(key, previous.clone());
+        let before = if unnamed.is_empty() {
+            self.unnamed.remove(path)
+        } else {
+            self.unnamed.insert(path.to_path_buf(), unnamed.clone())
+        }
+        .unwrap_or_default();
+        for id in before.keys() {
+            if !unnamed.contains_key(id) {
+                self.set_rejection(id.clone(), None, events);
             }
         }
+        for (id, rejection) in unnamed {
+            self.set_rejection(id, Some(rejection), events);
+        }
+        // Duplicate rejections are named by place, and a place may change the object it
+        // defines: clear the old ones of every touched object before setting the new ones.
+        let mut cleared = BTreeSet::new();
+        let mut set = BTreeMap::new();
+        for key in touched {
+            let (gone, now) = self.settle(&key, events);
+            cleared.extend(gone);
+            set.extend(now);
+        }
+        for id in cleared {
+            if !set.contains_key(&id) {
+                self.set_rejection(id, None, events);
+            }
+        }
+        for (id, rejection) in set {
+            self.set_rejection(id, Some(rejection), events);
+        }
+    }
 
-        let mut events = Vec::new();
-        for (key, (object, _)) in &objects {
-            let same = self
-                .objects
-                .get(key)
-                .is_some_and(|(old, _)| Arc::ptr_eq(old, object) || old == object);
-            if !same {
-                events.push(Event::Apply(ClusterObject::clone(object)));
+    /// Decides an object's state from every document naming it and sends what changed,
+    /// except its duplicate-definition rejections: returns those that no longer stand and
+    /// those that do, for the caller to send.
+    fn settle(
+        &mut self,
+        key: &ObjectKey,
+        events: &mut Vec<Event>,
+    ) -> (BTreeSet<RejectionId>, BTreeMap<RejectionId, Rejection>) {
+        let defs = self.defs.get(key);
+        let winner = defs.and_then(|d| d.iter().next());
+        let desired = match winner {
+            Some((_, object)) => Some(object.clone()),
+            None if self.finished.contains_key(key) => None,
+            // Only invalid documents: the version accepted before stays.
+            None if self.invalid.contains_key(key) => self.objects.get(key).cloned(),
+            None => None,
+        };
+        // Second and later definitions are rejected, naming the first.
+        let mut duplicates = BTreeMap::new();
+        if let (Some(defs), Some(((first, _), _))) = (defs, winner) {
+            let first = self.display(first);
+            for (path, document) in defs.keys().skip(1) {
+                let origin = format!("{} document {document}", self.display(path));
+                let id = RejectionId::Document(origin.clone());
+                duplicates.insert(
+                    id.clone(),
+                    Rejection {
+                        id,
+                        kind: key.kind().to_string(),
+                        origin: Some(origin),
+                        error: format!("{key} is defined more than once (first in {first})"),
+                    },
+                );
             }
         }
-        for key in self.objects.keys() {
-            if !objects.contains_key(key) {
+        let invalid = self
+            .invalid
+            .get(key)
+            .and_then(|m| m.values().next())
+            .cloned();
+
+        match (desired, self.objects.get(key)) {
+            (Some(new), Some(old)) if Arc::ptr_eq(&new, old) || new == *old => {}
+            (Some(new), _) => {
+                events.push(Event::Apply(ClusterObject::clone(&new)));
+                self.objects.insert(key.clone(), new);
+            }
+            (None, Some(_)) => {
                 events.push(Event::Delete(key.clone()));
+                self.objects.remove(key);
+            }
+            (None, None) => {}
+        }
+        self.set_rejection(RejectionId::Object(key.clone()), invalid, events);
+        let before = if duplicates.is_empty() {
+            self.duplicates.remove(key)
+        } else {
+            self.duplicates
+                .insert(key.clone(), duplicates.keys().cloned().collect())
+        }
+        .unwrap_or_default();
+        (before, duplicates)
+    }
+
+    /// The rejection of a file that cannot be read (`None`: readable).
+    fn set_unreadable(&mut self, path: &Path, reason: Option<String>, events: &mut Vec<Event>) {
+        let name = self.display(path);
+        let id = RejectionId::Document(name.clone());
+        let rejection = reason.map(|error| Rejection {
+            id: id.clone(),
+            kind: "unknown".to_string(),
+            origin: Some(name),
+            error,
+        });
+        self.set_rejection(id, rejection, events);
+    }
+
+    /// Sets or clears one rejection, sending the change if there is one.
+    fn set_rejection(
+        &mut self,
+        id: RejectionId,
+        rejection: Option<Rejection>,
+        events: &mut Vec<Event>,
+    ) {
+        match rejection {
+            Some(r) => {
+                if self.rejections.get(&id) != Some(&r) {
+                    events.push(Event::Reject(r.clone()));
+                    self.rejections.insert(id, r);
+                }
+            }
+            None => {
+                if self.rejections.remove(&id).is_some() {
+                    events.push(Event::ClearRejection(id));
+                }
             }
         }
-        for id in self.rejections.keys() {
-            if !rejections.contains_key(id) {
-                events.push(Event::ClearRejection(id.clone()));
-            }
-        }
-        for (id, rejection) in &rejections {
-            if self.rejections.get(id) != Some(rejection) {
-                events.push(Event::Reject(rejection.clone()));
-            }
-        }
-        self.objects = objects;
-        self.rejections = rejections;
-        events
     }
 
     /// A file's name as shown in rejections: relative to the folder.
@@ -356,12 +499,32 @@ impl DirState {
 
     /// The objects currently read (after the last scan).
     pub fn objects(&self) -> impl Iterator<Item = &ClusterObject> {
-        self.objects.values().map(|(o, _)| o.as_ref())
+        self.objects.values().map(|o| o.as_ref())
     }
 
     /// The rejections currently standing (after the last scan).
     pub fn rejections(&self) -> impl Iterator<Item = &Rejection> {
         self.rejections.values()
+    }
+}
+
+impl Doc {
+    /// A copy sharing the converted object.
+    fn share(&self) -> Doc {
+        Doc {
+            document: self.document,
+            key: self.key.clone(),
+            result: self.result.clone(),
+        }
+    }
+}
+
+fn remove_in<V>(map: &mut BTreeMap<ObjectKey, BTreeMap<Place, V>>, key: &ObjectKey, place: &Place) {
+    if let Some(inner) = map.get_mut(key) {
+        inner.remove(place);
+        if inner.is_empty() {
+            map.remove(key);
+        }
     }
 }
 

@@ -316,3 +316,80 @@ async fn the_source_follows_edits() {
         .expect("join")
         .expect("run");
 }
+
+#[test]
+fn a_duplicate_takes_over_when_the_first_definition_goes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    write(dir, "a.yaml", &pod("web", "10.0.0.5", "first"));
+    write(dir, "b.yaml", &pod("web", "10.0.0.5", "second"));
+    let mut state = DirState::new(dir);
+    assert_eq!(
+        summary(&state.scan().expect("scan")),
+        ["apply Pod prod/web", "reject b.yaml document 1"]
+    );
+    let app = |state: &DirState| match state.objects().next() {
+        Some(ClusterObject::Pod(p)) => p.labels.get("app").cloned(),
+        _ => None,
+    };
+    assert_eq!(app(&state).as_deref(), Some("first"));
+
+    std::fs::remove_file(dir.join("a.yaml")).expect("rm");
+    assert_eq!(
+        summary(&state.scan().expect("scan")),
+        ["apply Pod prod/web", "clear b.yaml document 1"]
+    );
+    assert_eq!(app(&state).as_deref(), Some("second"));
+    assert_eq!(state.rejections().count(), 0);
+
+    // An edit elsewhere touches nothing of it.
+    write(dir, "c.yaml", CLUSTER);
+    assert_eq!(
+        summary(&state.scan().expect("scan")),
+        ["apply Namespace prod", "apply Node n1"]
+    );
+}
+
+/// After any sequence of valid edits, what was sent equals a fresh read of the folder.
+#[test]
+fn incremental_scans_agree_with_a_fresh_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let mut state = DirState::new(dir);
+    let mut seed: u64 = 7;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    for round in 0..300 {
+        // One to three files edited or removed between two scans.
+        for _ in 0..1 + next() % 3 {
+            let file = format!("f{}.yaml", next() % 6);
+            match next() % 4 {
+                0 => {
+                    let _ = std::fs::remove_file(dir.join(&file));
+                }
+                _ => {
+                    let docs: Vec<String> = (0..1 + next() % 3)
+                        .map(|_| {
+                            let name = format!("p{}", next() % 8);
+                            pod(&name, "10.0.0.1", &format!("a{}", next() % 3))
+                        })
+                        .collect();
+                    write(dir, &file, &docs.join("---\n"));
+                }
+            }
+        }
+        state.scan().expect("scan");
+        let mut fresh = DirState::new(dir);
+        fresh.scan().expect("fresh scan");
+        let sent: Vec<&ClusterObject> = state.objects().collect();
+        let read: Vec<&ClusterObject> = fresh.objects().collect();
+        assert_eq!(sent, read, "objects differ after round {round}");
+        let sent: Vec<&Rejection> = state.rejections().collect();
+        let read: Vec<&Rejection> = fresh.rejections().collect();
+        assert_eq!(sent, read, "rejections differ after round {round}");
+    }
+}
