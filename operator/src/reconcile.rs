@@ -235,6 +235,20 @@ impl Reconciler {
         }
     }
 
+    /// Commits from the async task. A commit is CPU work (up to a second for a very large
+    /// cluster's first one): on a multi-threaded runtime the worker hands its other tasks
+    /// (stream, health) to the other workers meanwhile. Errors are logged and counted.
+    fn commit_in_place(&mut self) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi_thread =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        let _ = if multi_thread {
+            tokio::task::block_in_place(|| self.commit())
+        } else {
+            self.commit()
+        };
+    }
+
     /// Applies events until the channel closes, committing as [`Debounce`] says.
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         // (first, last) event of the burst not committed yet.
@@ -247,14 +261,14 @@ impl Reconciler {
                 biased;
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     pending = None;
-                    let _ = self.commit();
+                    self.commit_in_place();
                     continue;
                 }
                 event = events.recv() => event,
             };
             let Some(event) = event else {
                 if pending.is_some() {
-                    let _ = self.commit();
+                    self.commit_in_place();
                 }
                 return;
             };
@@ -270,7 +284,7 @@ impl Reconciler {
             }
             if synced_now {
                 pending = None;
-                let _ = self.commit();
+                self.commit_in_place();
                 continue;
             }
             let now = Instant::now();
