@@ -16,6 +16,10 @@
 //!    (before any rule can reference them);
 //! 2. `iptables-restore --noflush -w` per family: changed chains replaced and stale
 //!    chains deleted, atomically;
+//!
+//!    steps 1 and 2 run for the two families at once, one thread each (their sets
+//!    and tables are independent), 1 before 2 within a family; an error of either
+//!    family is returned (both, when both fail);
 //! 3. hooks: `-S FORWARD`, and `-I FORWARD 1` when missing or not first (first
 //!    apply, and [`Enforcer::ensure_hooks`]);
 //! 4. `ipset restore -exist`: stale sets destroyed (no rule references them any more);
@@ -273,17 +277,37 @@ impl Enforcer {
         deltas: &[Delta; 2],
         first: bool,
     ) -> Result<(), ApplyError> {
-        let before: Vec<&String> = leftovers
-            .iter()
-            .chain(deltas.iter().flat_map(|d| d.ipset_before.iter()))
-            .collect();
-        if !before.is_empty() {
-            ipset_restore(&before)?;
+        // Temporary sets a crashed apply left behind go before anything else: a
+        // delta may build a set of the same name.
+        if !leftovers.is_empty() {
+            let lines: Vec<&String> = leftovers.iter().collect();
+            ipset_restore(&lines)?;
         }
-        for (family, d) in FAMILIES.iter().zip(deltas) {
-            if let Some(text) = &d.iptables {
-                run_restore(&self.backend.restore(*family), text)?;
-            }
+        // Steps 1 and 2, one thread per family: the families' sets and tables are
+        // independent (an IPv4 rule matches only IPv4 sets), so they load at once,
+        // each family keeping its own order (its sets before the rules that
+        // reference them). Threads inherit the calling thread's network namespace.
+        let results: Vec<Result<(), ApplyError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = FAMILIES
+                .iter()
+                .zip(deltas)
+                .filter(|(_, d)| !d.ipset_before.is_empty() || d.iptables.is_some())
+                .map(|(family, d)| scope.spawn(move || self.sets_then_chains(*family, d)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut failure: Option<ApplyError> = None;
+        for e in results.into_iter().filter_map(Result::err) {
+            failure = Some(match failure {
+                None => e,
+                Some(earlier) => combine_errors(earlier, e),
+            });
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         if first {
             self.ensure_hooks()?;
@@ -298,6 +322,19 @@ impl Enforcer {
         let after: Vec<&String> = deltas.iter().flat_map(|d| d.ipset_after.iter()).collect();
         if !after.is_empty() {
             ipset_restore(&after)?;
+        }
+        Ok(())
+    }
+
+    /// Steps 1 and 2 of an apply for one family: its sets created, filled and
+    /// updated, then (only if that succeeded) its chains written.
+    fn sets_then_chains(&self, family: Family, d: &Delta) -> Result<(), ApplyError> {
+        if !d.ipset_before.is_empty() {
+            let lines: Vec<&String> = d.ipset_before.iter().collect();
+            ipset_restore(&lines)?;
+        }
+        if let Some(text) = &d.iptables {
+            run_restore(&self.backend.restore(family), text)?;
         }
         Ok(())
     }
@@ -668,6 +705,35 @@ fn failing_line(stderr: &str) -> Option<usize> {
         .take_while(|c| c.is_ascii_digit())
         .collect();
     digits.parse().ok()
+}
+
+/// Both families failed in one apply: the first error (IPv4's) is returned, typed,
+/// with its failing line; the second is appended to its text so it is not lost.
+fn combine_errors(first: ApplyError, second: ApplyError) -> ApplyError {
+    match first {
+        ApplyError::Command {
+            command,
+            status,
+            stderr,
+            line,
+            line_text,
+        } => ApplyError::Command {
+            command,
+            status,
+            stderr: format!("{stderr}; also: {second}"),
+            line,
+            line_text,
+        },
+        ApplyError::Parse { command, reason } => ApplyError::Parse {
+            command,
+            reason: format!("{reason}; also: {second}"),
+        },
+        ApplyError::Spawn { command, source } => ApplyError::Spawn {
+            command: format!("{command} (also: {second})"),
+            source,
+        },
+        other => other,
+    }
 }
 
 fn run_restore(tool: &str, input: &str) -> Result<(), ApplyError> {
