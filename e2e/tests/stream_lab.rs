@@ -93,8 +93,9 @@ fn a_policy_edited_while_probing_changes_real_verdicts() {
         proto: Proto::Tcp,
         addr: std::net::SocketAddr::new(web_ip, 80),
     };
+    // Generous: a timeout is read as a denial, and CI machines are busy.
     let timing = Timing {
-        timeout: Duration::from_millis(200),
+        timeout: Duration::from_millis(500),
         udp_tries: 1,
         sctp_raw: false,
     };
@@ -106,12 +107,14 @@ fn a_policy_edited_while_probing_changes_real_verdicts() {
             let exe = opts.exe.clone();
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
+                // (sent, allowed) per probe.
                 let mut seen: Vec<(Instant, bool)> = Vec::new();
                 let deadline = Instant::now() + Duration::from_secs(25);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let sent = Instant::now();
                     let out = e2e::probe::probe_from(&exe, &ns, &[target], timing, 1)
                         .expect("prober runs");
-                    seen.push((Instant::now(), out[0] == Outcome::Allowed));
+                    seen.push((sent, out[0] == Outcome::Allowed));
                 }
                 seen
             })
@@ -119,15 +122,18 @@ fn a_policy_edited_while_probing_changes_real_verdicts() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
 
-    // Deny-all for testweb, then allow testcurl: each written while probes run.
+    // Deny-all for testweb, then allow testcurl: each written while probes run;
+    // `apply_loaded` returns once both agents report the new rules realised.
     let t2 = Instant::now();
     lab.apply_loaded(&step2).expect("deny-all in force");
-    eprintln!("deny-all in force after {:?}", t2.elapsed());
-    std::thread::sleep(Duration::from_millis(600));
+    let r2 = Instant::now();
+    eprintln!("deny-all in force after {:?}", r2 - t2);
+    std::thread::sleep(Duration::from_millis(1200));
     let t3 = Instant::now();
     lab.apply_loaded(&step3).expect("allow in force");
-    eprintln!("allow in force after {:?}", t3.elapsed());
-    std::thread::sleep(Duration::from_millis(600));
+    let r3 = Instant::now();
+    eprintln!("allow in force after {:?}", r3 - t3);
+    std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
     let mut results = probers
         .into_iter()
@@ -135,30 +141,38 @@ fn a_policy_edited_while_probing_changes_real_verdicts() {
     let curl = results.next().expect("testcurl probes");
     let other = results.next().expect("other probes");
 
-    // testcurl -> testweb: allowed, denied after the deny-all, allowed again.
-    let phase = |seen: &[(Instant, bool)], from: Instant, to: Instant| -> Vec<bool> {
+    // Verdicts of the probes sent in [from, to).
+    let phase = |seen: &[(Instant, bool)], from: Option<Instant>, to: Instant| -> Vec<bool> {
         seen.iter()
-            .filter(|(t, _)| *t > from && *t < to)
+            .filter(|(t, _)| from.is_none_or(|f| *t >= f) && *t < to)
             .map(|s| s.1)
             .collect()
     };
     let end = Instant::now();
-    assert!(phase(&curl, t2 - Duration::from_secs(60), t2)
-        .iter()
-        .all(|a| *a));
-    assert!(phase(&curl, t2, t3).contains(&false), "deny never observed");
-    assert_eq!(
-        curl.last().map(|s| s.1),
-        Some(true),
-        "testcurl allowed at the end"
+    // testcurl -> testweb: allowed, denied once the deny-all is in force, allowed
+    // again once the allow is.
+    let before = phase(&curl, None, t2);
+    assert!(
+        !before.is_empty() && before.iter().all(|a| *a),
+        "{before:?}"
     );
-    let last_curl = phase(&curl, t3 + Duration::from_millis(400), end);
-    assert!(!last_curl.is_empty() && last_curl.iter().all(|a| *a));
-    // other -> testweb: denied from the deny-all on, and stays so.
-    assert!(phase(&other, t2 - Duration::from_secs(60), t2)
-        .iter()
-        .all(|a| *a));
-    let after = phase(&other, t2 + Duration::from_millis(400), end);
+    let denied = phase(&curl, Some(r2), t3);
+    assert!(
+        !denied.is_empty() && denied.iter().all(|a| !*a),
+        "{denied:?}"
+    );
+    let allowed = phase(&curl, Some(r3), end);
+    assert!(
+        !allowed.is_empty() && allowed.iter().all(|a| *a),
+        "{allowed:?}"
+    );
+    // other -> testweb: allowed, then denied from the deny-all on, for good.
+    let before = phase(&other, None, t2);
+    assert!(
+        !before.is_empty() && before.iter().all(|a| *a),
+        "{before:?}"
+    );
+    let after = phase(&other, Some(r2), end);
     assert!(!after.is_empty() && after.iter().all(|a| !*a), "{after:?}");
 
     assert_verdicts(&lab, &step3, &opts, "at the end");

@@ -245,7 +245,7 @@ pub async fn run_agent<A: Applier>(
         Err(e) => (shared.emit)(json!({"error": format!("ignoring the state file: {e}")})),
     }
 
-    let applying = tokio::spawn(apply_loop(
+    let mut applying = tokio::spawn(apply_loop(
         Arc::clone(&shared),
         desired_rx,
         report_tx,
@@ -256,8 +256,14 @@ pub async fn run_agent<A: Applier>(
         () = following => {}
         _ = wait_stop(&mut stop) => {}
     }
-    applying.abort();
-    let _ = applying.await;
+    // An apply in progress finishes (and its rule set is saved, so a restart
+    // re-applies what is in the kernel); the apply loop then sees the stop.
+    if tokio::time::timeout(Duration::from_secs(60), &mut applying)
+        .await
+        .is_err()
+    {
+        applying.abort();
+    }
     Ok(())
 }
 
@@ -336,6 +342,13 @@ async fn apply_loop<A: Applier>(
             }
         };
         let state = tokio::select! {
+            biased;
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    return;
+                }
+                continue;
+            }
             changed = desired.changed() => {
                 if changed.is_err() {
                     return;
@@ -359,12 +372,6 @@ async fn apply_loop<A: Applier>(
                         pending.clone().or_else(|| shared.status().state.clone())
                     }
                 }
-            }
-            r = stop.changed() => {
-                if r.is_err() || *stop.borrow() {
-                    return;
-                }
-                continue;
             }
         };
         let Some(state) = state else { continue };

@@ -230,15 +230,20 @@ impl Operator {
     }
 }
 
-/// Records what it is asked to apply; fails the versions listed in `fail`.
+/// Records what it is asked to apply; fails the versions listed in `fail`;
+/// takes `slow` per apply.
 #[derive(Clone, Default)]
 struct Recorder {
     applied: Arc<Mutex<Vec<(String, u64)>>>,
     fail: Arc<Mutex<Vec<u64>>>,
+    started: Arc<Mutex<Vec<u64>>>,
+    slow: Duration,
 }
 
 impl Applier for Recorder {
     fn apply(&mut self, state: &NodeRuleSet) -> Result<Vec<RuleError>, String> {
+        self.started.lock().expect("lock").push(state.version);
+        std::thread::sleep(self.slow);
         if self.fail.lock().expect("lock").contains(&state.version) {
             return Err(format!("injected failure for version {}", state.version));
         }
@@ -586,4 +591,29 @@ fn tempfile_dir(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+#[tokio::test]
+async fn a_stop_during_an_apply_lets_it_finish_and_keeps_its_state() {
+    let dir = tempfile_dir("stopmid");
+    let mut op = Operator::new(&dir);
+    op.start().await;
+    op.fake.publish(state("n1", 1, "10.0.0.1"));
+    let rec = Recorder {
+        slow: Duration::from_millis(400),
+        ..Recorder::default()
+    };
+    let agent = start_agent(config(&op, &dir, "n1", "tok-1"), rec.clone());
+    wait_for("the apply started", || {
+        !rec.started.lock().expect("lock").is_empty()
+    })
+    .await;
+    agent.stop().await;
+    assert_eq!(rec.versions(), [1], "the apply in progress finished");
+    let kept: NodeRuleSet =
+        serde_json::from_slice(&std::fs::read(state_file(&dir, "n1")).expect("state file written"))
+            .expect("parses");
+    assert_eq!(kept.version, 1);
+    op.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
