@@ -204,6 +204,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     );
     let reconcile_task = tokio::spawn(reconciler.run(events_rx));
     let mut source_task = tokio::spawn(source.run(events_tx));
+    // `kubectl get tnp` rule counts, written by the leader (a cluster only).
+    let tnp_status_task = client
+        .clone()
+        .map(|client| tokio::spawn(crate::tnp_status::run(client, hub.clone())));
 
     // The enforcers' stream: served while this replica leads (see operator/src/stream).
     let mut stream_task = match &config.stream {
@@ -260,6 +264,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     source_task.abort();
     reconcile_task.abort();
+    if let Some(task) = tnp_status_task {
+        task.abort();
+    }
     if !health_task.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut health_task).await;
     }

@@ -26,5 +26,6 @@ pub mod source;
 pub mod status;
 pub mod stream;
 pub mod telemetry;
+pub mod tnp_status;
 #[cfg(test)]
 mod verifier;
