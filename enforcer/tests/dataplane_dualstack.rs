@@ -317,7 +317,14 @@ fn each_family_is_one_restore_transaction() {
             .position(|(_, t, a)| t == tool && a.contains(args))
             .unwrap_or_else(|| panic!("no {tool} {args}: {first:#?}"))
     };
-    let sets_at = pos("ipset", "restore");
+    // The families' loads run side by side: the IPv6 sets are the ipset restore
+    // that declares inet6 sets, and it must come before the IPv6 rules.
+    let sets_at = first
+        .iter()
+        .position(|(id, t, a)| {
+            t == "ipset" && a.contains("restore") && input(id).contains("family inet6")
+        })
+        .unwrap_or_else(|| panic!("no IPv6 ipset restore: {first:#?}"));
     let v6_at = pos("ip6tables-nft-restore", "--noflush");
     assert!(sets_at < v6_at, "{first:#?}");
     let set_input = input(&first[sets_at].0);
