@@ -833,15 +833,17 @@ impl<'a> FamilyRenderer<'a> {
             for peer in &peers {
                 for port in &ports {
                     let mut line = format!("-A {chain}");
+                    // The port first: a rule whose port does not match then
+                    // skips its set lookups (~0.25 us each, against ~5 ns for a port).
+                    if !port.is_empty() {
+                        line.push(' ');
+                        line.push_str(port);
+                    }
                     if let Some(p) = peer {
                         let _ = write!(line, " -m set --match-set {p} {remote_dir}");
                     }
                     if let Some(l) = &local {
                         let _ = write!(line, " -m set --match-set {l} {local_dir}");
-                    }
-                    if !port.is_empty() {
-                        line.push(' ');
-                        line.push_str(port);
                     }
                     let _ = write!(line, " -m comment --comment \"{comment}\" {target}");
                     lines.push(line);
