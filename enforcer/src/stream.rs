@@ -562,6 +562,9 @@ async fn session<A: Applier>(
                         return end(served, "stream closed".to_string());
                     }
                 }
+                Ok(Some(ServerMessage::DecisionsAck { .. })) => {
+                    // TODO(audit): release spooled batches up to seq.
+                }
                 Ok(None) => return end(served, "the operator closed the stream".to_string()),
                 Err(status) => return end(served, describe(&status)),
             },

@@ -35,11 +35,16 @@
 //!   version in force, the rules it enforces fail-closed, and the version it
 //!   failed to apply, if any.
 //!
+//! - At any time the enforcer may send [`ClientMessage::Decisions`] (flow decisions for the
+//!   audit log, [`audit`]); the operator answers [`ServerMessage::DecisionsAck`] once they
+//!   are stored.
+//!
 //! Refusals are gRPC statuses: `UNAUTHENTICATED` (no or bad token),
 //! `PERMISSION_DENIED` (not the enforcer's ServiceAccount, or a node other than
 //! the pod's), `UNAVAILABLE` (this replica does not lead, or the token could not be
 //! checked right now: retry with backoff), `INVALID_ARGUMENT` (no hello).
 
+pub mod audit;
 pub mod codec;
 #[cfg(feature = "pki")]
 pub mod pki;
@@ -77,6 +82,8 @@ pub enum ClientMessage {
     Hello(Hello),
     /// After each apply attempt.
     Report(Report),
+    /// Flow decisions read from NFLOG ([`audit`]).
+    Decisions(audit::DecisionBatch),
 }
 
 /// Who the enforcer says it is and what it has in force.
@@ -170,6 +177,8 @@ pub enum ServerMessage {
     /// The enforcer already has the desired rule set (same digest); this is the
     /// operator's version number for it.
     Current { version: u64 },
+    /// Every decision batch of this stream's enforcer up to `seq` is stored.
+    DecisionsAck { seq: u64 },
 }
 
 /// The digest of a rule set's content: SHA-256 (hex) of its JSON with `version`

@@ -230,7 +230,7 @@ impl palisade_wire::Distributor for StreamService {
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(self.timings.handshake, inbound.message()).await {
             Ok(Ok(Some(ClientMessage::Hello(h)))) => h,
-            Ok(Ok(Some(ClientMessage::Report(_)))) => {
+            Ok(Ok(Some(ClientMessage::Report(_) | ClientMessage::Decisions(_)))) => {
                 return Err(self.refuse(
                     &peer,
                     "",
@@ -397,6 +397,10 @@ impl Session {
                         }
                         self.hub.report_realised(&self.node, report.version, errors);
                     }
+                    Ok(Some(ClientMessage::Decisions(batch))) => {
+                        // TODO(audit): store, then acknowledge.
+                        tracing::debug!(node = %self.node, seq = batch.seq, "decision batch");
+                    }
                     Ok(Some(ClientMessage::Hello(_))) => {
                         tracing::warn!(node = %self.node, peer = %self.peer, "second hello on a stream ignored");
                     }
@@ -436,6 +440,7 @@ impl Session {
         let what = match &msg {
             ServerMessage::Snapshot(s) => format!("snapshot version {}", s.version),
             ServerMessage::Current { version } => format!("current at version {version}"),
+            ServerMessage::DecisionsAck { seq } => format!("decisions acknowledged up to {seq}"),
         };
         if tx.send(Ok(msg)).await.is_err() {
             return false;
