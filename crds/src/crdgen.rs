@@ -22,12 +22,22 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// Each CRD's file name (in `crds/yaml/`) and YAML text, with a header saying how it is made.
 pub fn generate() -> Result<Vec<(&'static str, String)>, CrdError> {
     let files = [
-        ("tier.yaml", Tier::crd()),
-        ("tierednetworkpolicy.yaml", TieredNetworkPolicy::crd()),
+        ("tier.yaml", Tier::crd(), "crds/src/palisade.rs"),
+        (
+            "tierednetworkpolicy.yaml",
+            TieredNetworkPolicy::crd(),
+            "crds/src/palisade.rs",
+        ),
     ];
+    // The policy report CRDs Palisade installs when absent (crds/src/reports.rs).
+    let reports = crate::reports::CRD_FILES
+        .into_iter()
+        .zip(crate::reports::crds())
+        .map(|(file, crd)| (file, crd, "crds/src/reports.rs"));
     files
         .into_iter()
-        .map(|(file, crd)| {
+        .chain(reports)
+        .map(|(file, crd, from)| {
             let body = serde_yaml::to_string(&crd).map_err(|e| CrdError::Syntax {
                 object: format!(
                     "CustomResourceDefinition {}",
@@ -38,7 +48,7 @@ pub fn generate() -> Result<Vec<(&'static str, String)>, CrdError> {
             Ok((
                 file,
                 format!(
-                    "# Generated from crds/src/palisade.rs by `{REGENERATE}`: do not edit.\n{body}"
+                    "# Generated from {from} by `{REGENERATE}`: do not edit.\n{body}"
                 ),
             ))
         })

@@ -28,6 +28,7 @@ pub mod convert;
 pub mod crdgen;
 pub mod error;
 pub mod palisade;
+pub mod reports;
 pub mod scenario;
 pub mod upstream;
 
