@@ -14,6 +14,11 @@ use palisade_operator::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+// The index and compile allocate many small objects and free whole node states at once;
+// mimalloc does this about twice as fast as glibc's allocator (policy/benches/scale.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "palisade-operator", version, about)]
 struct Cli {

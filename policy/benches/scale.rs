@@ -7,6 +7,10 @@ use std::time::Instant;
 
 use palisade_policy::index::ClusterIndex;
 
+// The allocator palisade-operator uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -13,6 +13,7 @@ pub mod compiled;
 pub mod engine;
 pub mod error;
 pub mod index;
+pub mod labels;
 mod lookup;
 pub mod model;
 pub mod podset;

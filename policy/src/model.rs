@@ -4,15 +4,13 @@
 //! Every policy kind (NetworkPolicy, the upstream cluster policies, TieredNetworkPolicy)
 //! converts into [`Policy`]; `crds` owns those conversions, this module owns the meaning.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-/// Labels of a namespace, pod or node.
-pub type Labels = BTreeMap<String, String>;
+pub use crate::labels::Labels;
 
 /// A transport protocol as written in ports and probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{
     Container, Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod,
 };
-use palisade_policy::model::{ContainerPort, Family, Namespace, Node, Pod, Protocol};
+use palisade_policy::model::{ContainerPort, Family, Labels, Namespace, Node, Pod, Protocol};
 
 use super::{is_port_name, object_name, port_number, protocol, Ctx, Mode};
 use crate::CrdError;
@@ -105,7 +105,7 @@ pub fn pod(pod: &K8sPod) -> Result<Option<Pod>, CrdError> {
     Ok(Some(Pod {
         namespace: namespace.to_string(),
         name: name.to_string(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default().into(),
         ips,
         node: spec
             .and_then(|s| s.node_name.clone())
@@ -156,7 +156,7 @@ fn container_ports(
 /// Converts a Namespace: its labels, plus `kubernetes.io/metadata.name` as the API server sets.
 pub fn namespace(ns: &K8sNamespace) -> Result<Namespace, CrdError> {
     let name = object_name("Namespace", &ns.metadata)?;
-    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+    let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default().into();
     labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
     Ok(Namespace {
         name: name.to_string(),
@@ -182,7 +182,7 @@ pub fn node(node: &K8sNode) -> Result<Node, CrdError> {
     }
     Ok(Node {
         name: name.to_string(),
-        labels: node.metadata.labels.clone().unwrap_or_default(),
+        labels: node.metadata.labels.clone().unwrap_or_default().into(),
         ips,
     })
 }

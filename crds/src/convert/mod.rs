@@ -25,7 +25,7 @@ mod objects;
 mod tests;
 
 use ipnet::IpNet;
-use palisade_policy::model::{LabelSelector, Operator, Protocol, Requirement};
+use palisade_policy::model::{LabelSelector, Labels, Operator, Protocol, Requirement};
 
 use crate::CrdError;
 
@@ -80,7 +80,7 @@ pub(crate) fn selector(
     path: &str,
     sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
 ) -> Result<LabelSelector, CrdError> {
-    let match_labels = sel.match_labels.clone().unwrap_or_default();
+    let match_labels: Labels = sel.match_labels.clone().unwrap_or_default().into();
     let mut match_expressions = Vec::new();
     for (i, expr) in sel.match_expressions.iter().flatten().enumerate() {
         let at = format!("{path}.matchExpressions[{i}]");

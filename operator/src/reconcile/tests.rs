@@ -15,7 +15,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect::<BTreeMap<_, _>>()
+        .collect()
 }
 
 fn mk_node(name: &str, ip: &str) -> Event {
