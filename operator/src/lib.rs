@@ -21,6 +21,7 @@ pub mod health;
 pub mod hub;
 pub mod leader;
 pub mod metrics;
+pub mod rbac;
 pub mod reconcile;
 pub mod source;
 pub mod status;

@@ -65,6 +65,11 @@ impl ApiServerVerifier {
             .await
             .unwrap_or_else(|_| panic!("no request within 5 s"))
             .unwrap_or_else(|| panic!("client gone"));
+        // Every call the code makes must be granted by the RBAC table the chart is made of.
+        if let Err(e) = crate::rbac::granted(request.method().as_str(), &request.uri().to_string())
+        {
+            panic!("{e}");
+        }
         (request, Responder(send))
     }
 
