@@ -21,6 +21,8 @@ pub mod error;
 pub mod filter;
 pub mod model;
 pub mod output;
+#[cfg(feature = "harness")]
+pub mod pg_harness;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

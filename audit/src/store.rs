@@ -158,18 +158,20 @@ pub async fn prune(
     Ok(pruned)
 }
 
+/// A row of the denied-counts query: direction, source and destination namespaces,
+/// policy, isolated_by (JSON), connections.
+pub(crate) type DeniedGroup = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+);
+
 /// Groups `(direction, src_namespace, dst_namespace, policy, isolated_by JSON, sum)` rows
 /// into per-policy counts.
-pub(crate) fn denied_counts(
-    rows: Vec<(
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        String,
-        i64,
-    )>,
-) -> Vec<DeniedCount> {
+pub(crate) fn denied_counts(rows: Vec<DeniedGroup>) -> Vec<DeniedCount> {
     let mut out: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
     for (direction, src_ns, dst_ns, policy, isolated_by, sum) in rows {
         let namespace = if direction == "egress" {

@@ -1,0 +1,161 @@
+//! Forward-only migrations, from an empty database and from version 1 with rows in it,
+//! on both backends.
+
+use std::borrow::Cow;
+
+use palisade_audit::pg_harness::PgServer;
+use palisade_audit::{now_ms, postgres, sqlite, AuditStore, DecisionFilter};
+use sqlx::migrate::Migrator;
+
+/// Only the first migration of `full`: the schema as version 1 shipped it.
+fn version_1(full: &Migrator) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(full.migrations[..1].to_vec()),
+        ..Migrator::DEFAULT
+    }
+}
+
+const V1_ROW: &str = "INSERT INTO decisions (source, seq, idx, first_seen_ms, last_seen_ms, \
+    count, node, direction, verdict, protocol, src_ip, src_port, dst_ip, dst_port, \
+    src_namespace, src_pod, dst_namespace, dst_pod, rule_id, tier, policy, rule_index, \
+    rule_name, isolated_by, stored_at_ms) VALUES ('old/1', 1, 0, {T}, {T}, 4, 'n1', 'ingress', \
+    'deny', 'tcp', '10.0.0.1', 1234, '10.0.0.2', 80, 'a', 'p', 'b', 'q', 'P1R0I', \
+    'networkpolicy', NULL, NULL, NULL, '[\"NetworkPolicy b/deny\"]', {T})";
+
+const INDEXES: [&str; 6] = [
+    "decisions_last_seen",
+    "decisions_dst_pod",
+    "decisions_src_pod",
+    "decisions_dst_verdict",
+    "decisions_verdict",
+    "decisions_policy",
+];
+
+/// What the latest schema must have, and the v1 row read through it.
+async fn check_latest(
+    store: &dyn AuditStore,
+    indexes: Vec<String>,
+    applied: Vec<i64>,
+    rows: usize,
+) {
+    assert_eq!(applied, vec![1, 2]);
+    for name in INDEXES {
+        assert!(
+            indexes.iter().any(|i| i == name),
+            "index {name} missing: {indexes:?}"
+        );
+    }
+    let found = store
+        .decisions(&DecisionFilter {
+            dst_namespace: Some("b".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(found.len(), rows);
+    let denies = store.recent_denies(10).await.expect("view");
+    assert_eq!(denies.len(), rows);
+    if rows > 0 {
+        assert_eq!(found[0].isolated_by.0, vec!["NetworkPolicy b/deny"]);
+    }
+}
+
+async fn sqlite_state(store: &sqlite::SqliteStore) -> (Vec<String>, Vec<i64>) {
+    let idx: Vec<(String,)> = sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'index'")
+        .fetch_all(store.pool())
+        .await
+        .expect("indexes");
+    let applied: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(store.pool())
+            .await
+            .expect("versions");
+    (
+        idx.into_iter().map(|r| r.0).collect(),
+        applied.into_iter().map(|r| r.0).collect(),
+    )
+}
+
+async fn pg_state(store: &postgres::PgStore) -> (Vec<String>, Vec<i64>) {
+    let idx: Vec<(String,)> = sqlx::query_as("SELECT indexname::text FROM pg_indexes")
+        .fetch_all(store.pool())
+        .await
+        .expect("indexes");
+    let applied: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(store.pool())
+            .await
+            .expect("versions");
+    (
+        idx.into_iter().map(|r| r.0).collect(),
+        applied.into_iter().map(|r| r.0).collect(),
+    )
+}
+
+#[tokio::test]
+async fn sqlite_from_empty_and_from_version_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = format!("sqlite://{}/empty.db", dir.path().display());
+    let store = sqlite::SqliteStore::open(&empty).await.expect("open empty");
+    let (idx, applied) = sqlite_state(&store).await;
+    check_latest(&store, idx, applied, 0).await;
+    // Opening again applies nothing and fails nothing.
+    store.close().await;
+    let store = sqlite::SqliteStore::open(&empty).await.expect("reopen");
+    store.close().await;
+
+    let old = format!("sqlite://{}/v1.db", dir.path().display());
+    let v1 = sqlite::SqliteStore::open_unmigrated(&old)
+        .await
+        .expect("open v1");
+    version_1(&sqlite::MIGRATOR)
+        .run(v1.pool())
+        .await
+        .expect("v1 schema");
+    sqlx::query(&V1_ROW.replace("{T}", &now_ms().to_string()))
+        .execute(v1.pool())
+        .await
+        .expect("v1 row");
+    v1.close().await;
+    let store = sqlite::SqliteStore::open(&old).await.expect("upgrade");
+    let (idx, applied) = sqlite_state(&store).await;
+    check_latest(&store, idx, applied, 1).await;
+}
+
+#[tokio::test]
+async fn postgres_from_empty_and_from_version_1() {
+    let pg = PgServer::start_new().expect("postgres starts");
+    let admin = postgres::PgStore::open_unmigrated(&pg.url())
+        .await
+        .expect("connect");
+    for db in ["empty", "v1"] {
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(admin.pool())
+            .await
+            .expect("create database");
+    }
+    let store = postgres::PgStore::open(&pg.url_for("empty"))
+        .await
+        .expect("open empty");
+    let (idx, applied) = pg_state(&store).await;
+    check_latest(&store, idx, applied, 0).await;
+    store.close().await;
+
+    let v1 = postgres::PgStore::open_unmigrated(&pg.url_for("v1"))
+        .await
+        .expect("open v1");
+    version_1(&postgres::MIGRATOR)
+        .run(v1.pool())
+        .await
+        .expect("v1 schema");
+    sqlx::query(&V1_ROW.replace("{T}", &now_ms().to_string()))
+        .execute(v1.pool())
+        .await
+        .expect("v1 row");
+    v1.close().await;
+    let store = postgres::PgStore::open(&pg.url_for("v1"))
+        .await
+        .expect("upgrade");
+    let (idx, applied) = pg_state(&store).await;
+    check_latest(&store, idx, applied, 1).await;
+}
