@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use crate::compiled::*;
 use crate::engine::{Engine, PeerMatch, PreparedRule};
-use crate::model::{Direction, Family, PortMatch, Protocol};
+use crate::model::{Direction, Family, PolicyId, PortMatch, Protocol};
 
 /// Compiles the rule set of one node.
 pub fn compile_node(engine: &Engine, node: &str, version: u64) -> NodeRuleSet {
@@ -156,7 +156,7 @@ impl Compiler<'_> {
         }
         let prepared = &self.engine.policies[p as usize];
         let tier = self.compiled_tier(prepared.tier);
-        let policy_key = SetKey::of(&prepared.id.to_string());
+        let policy_key = SetKey(prepared.set_key);
         let mut rules = |direction: Direction| -> Vec<CompiledRule> {
             let local = selects
                 .get(&(p, direction))
@@ -499,11 +499,12 @@ const TAG_LOCAL: u64 = 2;
 const TAG_ADDRS: u64 = 3;
 const TAG_BLOCK: u64 = 4;
 
-impl SetKey {
-    fn of(text: &str) -> SetKey {
-        SetKey(fnv1a(0xcbf2_9ce4_8422_2325, text.as_bytes()))
-    }
+/// The key a policy's sets are named from: its id as text, hashed.
+pub(crate) fn policy_set_key(id: &PolicyId) -> u64 {
+    fnv1a(0xcbf2_9ce4_8422_2325, id.to_string().as_bytes())
+}
 
+impl SetKey {
     fn with(self, n: u64) -> SetKey {
         SetKey(fnv1a(self.0, &n.to_le_bytes()))
     }

@@ -85,6 +85,10 @@ pub(crate) struct PreparedPolicy {
     pub tier: usize,
     pub ingress: Option<Vec<PreparedRule>>,
     pub egress: Option<Vec<PreparedRule>>,
+    /// The policy's own audit setting (`None`: the operator's default).
+    pub audit: Option<AuditMode>,
+    /// Hash of the id that names the policy's sets (computed once, not per node).
+    pub set_key: u64,
 }
 
 impl PreparedPolicy {
@@ -921,6 +925,8 @@ impl Prepare<'_> {
             tier,
             ingress,
             egress,
+            audit: policy.audit,
+            set_key: crate::compile::policy_set_key(&policy.id),
         }
     }
 
