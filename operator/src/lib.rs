@@ -17,6 +17,7 @@
 //! - [`app`]: the wiring `main` calls.
 
 pub mod app;
+pub mod certs;
 pub mod health;
 pub mod hub;
 pub mod leader;

@@ -93,9 +93,55 @@ struct Cli {
     /// server (for the manifest-directory source, which has none).
     #[arg(long, value_name = "FILE")]
     static_tokens: Option<PathBuf>,
+
+    /// Policy reports (--report-*).
+    #[command(flatten)]
+    report: palisade_operator::report::ReportArgs,
+
+    /// Issue the stream's certificate and keep it renewed in this Secret of the pod's
+    /// namespace ($POD_NAMESPACE), writing it to --stream-cert / --stream-key (the Helm
+    /// chart's default; without it the files come from elsewhere, e.g. cert-manager).
+    #[arg(long, value_name = "NAME", requires = "stream_cert")]
+    tls_secret: Option<String>,
+
+    /// DNS name of the issued certificate (repeatable; the stream Service's names).
+    #[arg(long, value_name = "DNS", requires = "tls_secret")]
+    tls_name: Vec<String>,
+
+    /// Days the issued certificate is valid (renewed when a third is left).
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    tls_validity_days: u64,
 }
 
 impl Cli {
+    /// What --tls-secret asks for, if given.
+    fn cert_settings(&self) -> anyhow::Result<Option<palisade_operator::certs::CertSettings>> {
+        let (Some(secret), Some(cert), Some(key)) =
+            (&self.tls_secret, &self.stream_cert, &self.stream_key)
+        else {
+            return Ok(None);
+        };
+        if self.tls_name.is_empty() {
+            anyhow::bail!("--tls-secret needs at least one --tls-name");
+        }
+        if self.tls_validity_days < 2 {
+            anyhow::bail!("--tls-validity-days must be at least 2");
+        }
+        let namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .context("--tls-secret needs $POD_NAMESPACE (the Secret's namespace)")?;
+        Ok(Some(palisade_operator::certs::CertSettings {
+            namespace,
+            secret: secret.clone(),
+            names: self.tls_name.clone(),
+            validity: Duration::from_secs(self.tls_validity_days.saturating_mul(24 * 3600)),
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            recheck: Duration::from_secs(300),
+        }))
+    }
+
     fn config(&self) -> Config {
         let mut config = Config::new(self.source.clone(), self.listen_health);
         config.poll = Duration::from_millis(self.poll_ms.max(1));
@@ -126,6 +172,7 @@ impl Cli {
             }),
             _ => None,
         };
+        config.report = self.report.settings();
         config
     }
 }
@@ -142,6 +189,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    if let Some(settings) = cli.cert_settings()? {
+        // The certificate must be on disk before the stream starts serving it.
+        let client = kube::Client::try_default()
+            .await
+            .context("--tls-secret needs the Kubernetes API")?;
+        palisade_operator::certs::prepare(client.clone(), &settings)
+            .await
+            .context("cannot prepare the stream certificate")?;
+        tokio::spawn(palisade_operator::certs::run(
+            client,
+            settings,
+            shutdown.clone(),
+        ));
+    }
     app::run(cli.config(), shutdown)
         .await
         .context("palisade-operator stopped")

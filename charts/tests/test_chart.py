@@ -1,0 +1,493 @@
+"""The Palisade chart through the real Helm engine (the `helm-python-sdk` package embeds
+Helm's Go SDK): lint, render for several value sets, check every object, check the RBAC
+against operator/src/rbac.rs (through files/operator-rbac.json, which a Rust test keeps equal
+to the table), check the schema rejects bad values, check the CRD copies.
+
+Run: python3 -m pytest -q charts/tests   (`make test` does)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "palisade"
+NAMESPACE = "palisade-system"
+RELEASE = "palisade"
+TABLE = json.loads((CHART / "files" / "operator-rbac.json").read_text())
+
+# The report APIs' CRDs are optional in the chart (files/optional-crds, behind a value);
+# Palisade's own are always installed (crds/).
+OPTIONAL_CRD_GROUPS = {"wgpolicyk8s.io", "openreports.io"}
+
+
+@pytest.fixture(scope="module")
+def chart() -> helm.Chart:
+    return helm.Chart.load(str(CHART))
+
+
+def render(chart: helm.Chart, values: dict) -> list[dict]:
+    """Validates `values` against the schema (as `helm install` does), renders, and parses
+    every document; returns the objects (hooks included)."""
+    chart.validate_schema(values)
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc is None:
+                continue
+            assert isinstance(doc, dict), f"{path}: not an object"
+            assert doc.get("apiVersion") and doc.get("kind"), f"{path}: no apiVersion/kind"
+            assert doc["metadata"].get("name"), f"{path}: {doc['kind']} without a name"
+            objects.append(doc)
+    return objects
+
+
+def notes(chart: helm.Chart, values: dict) -> str:
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
+
+
+def kinds(objects: list[dict]) -> Counter:
+    return Counter(o["kind"] for o in objects)
+
+
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} found"
+    return found[0]
+
+
+def args(container: dict) -> dict[str, list[str]]:
+    """`--flag=value` arguments as {flag: [values]} (a bare flag has value "")."""
+    out: dict[str, list[str]] = {}
+    for a in container.get("args", []):
+        if a.startswith("--"):
+            flag, _, value = a.partition("=")
+            out.setdefault(flag, []).append(value)
+    return out
+
+
+BASE_KINDS = Counter(
+    {
+        "Deployment": 1,
+        "DaemonSet": 1,
+        "Service": 1,
+        # operator + enforcer, and the uninstall hook's
+        "ServiceAccount": 3,
+        "ClusterRole": 2,
+        "ClusterRoleBinding": 2,
+        "Role": 2,
+        "RoleBinding": 2,
+        "Job": 1,
+    }
+)
+
+POSTGRES = {"audit": {"storage": "postgres", "postgres": {"existingSecret": "palisade-db"}}}
+
+VALUE_SETS = {
+    "defaults": ({}, BASE_KINDS + Counter({"PersistentVolumeClaim": 1})),
+    "postgres": (POSTGRES, BASE_KINDS),
+    "ha": ({**POSTGRES, "operator": {"replicas": 3}}, BASE_KINDS),
+    "ha-without-audit": ({"audit": {"enabled": False}, "operator": {"replicas": 2}}, BASE_KINDS),
+    "crd-toggles-off": (
+        {"reports": {"api": "both", "installCRDs": False}, "uninstall": {"cleanup": False}},
+        BASE_KINDS
+        + Counter({"PersistentVolumeClaim": 1})
+        - Counter(
+            {
+                "Job": 1,
+                "ServiceAccount": 1,
+                "ClusterRole": 1,
+                "ClusterRoleBinding": 1,
+                "Role": 1,
+                "RoleBinding": 1,
+            }
+        ),
+    ),
+    "cert-manager": (
+        {"tls": {"certManager": {"enabled": True}}},
+        BASE_KINDS + Counter({"PersistentVolumeClaim": 1, "Issuer": 2, "Certificate": 2}),
+    ),
+    "cert-manager-issuer": (
+        {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "corp", "kind": "ClusterIssuer"}}}},
+        BASE_KINDS + Counter({"PersistentVolumeClaim": 1, "Certificate": 1}),
+    ),
+    "service-monitor": (
+        {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
+        BASE_KINDS + Counter({"PersistentVolumeClaim": 1, "ServiceMonitor": 1}),
+    ),
+    "existing-claim": ({"audit": {"sqlite": {"existingClaim": "mine"}}}, BASE_KINDS),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS))
+def test_renders_the_expected_objects(chart, case):
+    values, expected = VALUE_SETS[case]
+    objects = render(chart, values)
+    assert kinds(objects) == expected
+    for o in objects:
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']} {o['metadata']['name']}"
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS))
+def test_lints_clean(case):
+    values, _ = VALUE_SETS[case]
+    report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
+    bad = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
+    assert not bad, bad
+
+
+def operator_rules(objects: list[dict], component: str = "operator") -> dict[str, set]:
+    """The rules granted to a component's ServiceAccount, as {(scope, group, resource, verb)}."""
+    sa = f"{RELEASE}-{component}"
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    granted = set()
+    for b in objects:
+        if b["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == NAMESPACE for s in b["subjects"]):
+            continue
+        role = roles[(b["roleRef"]["kind"], b["roleRef"]["name"])]
+        scope = "OwnNamespace" if role["kind"] == "Role" else "Cluster"
+        for rule in role.get("rules") or []:
+            assert "resourceNames" not in rule or rule["resourceNames"]
+            assert "nonResourceURLs" not in rule, "no non-resource URLs are needed"
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    for v in rule["verbs"]:
+                        assert "*" not in (g, r, v), f"wildcard in {role['metadata']['name']}"
+                        granted.add((scope, g, r, v))
+    return granted
+
+
+def table_rules(rows: list[dict], values: dict) -> set:
+    features = {
+        None: True,
+        "generatedTls": not values.get("tls", {}).get("certManager", {}).get("enabled", False),
+        "audit": values.get("audit", {}).get("enabled", True),
+        "wgpolicyk8s": values.get("reports", {}).get("api", "wgpolicyk8s") in ("wgpolicyk8s", "both"),
+        "openreports": values.get("reports", {}).get("api", "wgpolicyk8s") in ("openreports", "both"),
+        "reports": values.get("reports", {}).get("api", "wgpolicyk8s") != "none",
+    }
+    out = set()
+    for row in rows:
+        assert row["feature"] in features, f"feature {row['feature']} unknown to this test"
+        if features[row["feature"]]:
+            for v in row["verbs"]:
+                out.add((row["scope"], row["apiGroup"], row["resource"], v))
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS))
+def test_operator_rbac_is_exactly_the_table(chart, case):
+    values, _ = VALUE_SETS[case]
+    objects = render(chart, values)
+    assert operator_rules(objects) == table_rules(TABLE["operator"], values)
+    if values.get("uninstall", {}).get("cleanup", True):
+        assert operator_rules(objects, "uninstall") == table_rules(TABLE["uninstall"], values)
+
+
+def test_the_enforcer_has_no_role(chart):
+    objects = render(chart, {})
+    assert operator_rules(objects, "enforcer") == set()
+    sa = one(objects, "ServiceAccount", f"{RELEASE}-enforcer")
+    assert sa["automountServiceAccountToken"] is False
+
+
+def test_operator_deployment(chart):
+    objects = render(chart, {})
+    dep = one(objects, "Deployment")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "Recreate", "SQLite: never two pods on the volume"
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == f"{RELEASE}-operator"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (c,) = pod["containers"]
+    assert c["image"] == "palisade-operator:0.1.0"
+    a = args(c)
+    assert a["--source"] == ["kubernetes"]
+    assert a["--lease-namespace"] == [NAMESPACE]
+    assert a["--enforcer-service-account"] == [f"system:serviceaccount:{NAMESPACE}:{RELEASE}-enforcer"]
+    assert a["--token-audience"] == ["palisade-operator"]
+    assert a["--tls-secret"] == [f"{RELEASE}-stream-tls"]
+    assert f"{RELEASE}-operator.{NAMESPACE}.svc" in a["--tls-name"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"health": 9090, "stream": 9443}
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+    claim = next(v for v in pod["volumes"] if v["name"] == "audit")
+    assert claim["persistentVolumeClaim"]["claimName"] == f"{RELEASE}-operator-audit"
+    pvc = one(objects, "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == f"{RELEASE}-operator-audit"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # Every operator flag the chart passes exists in the binary.
+    known = operator_flags()
+    for flag in a:
+        assert flag in known, f"the chart passes {flag}, which palisade-operator does not accept"
+
+
+def operator_flags() -> set[str]:
+    """The long flags palisade-operator accepts (clap derives them from the Cli fields)."""
+    text = (REPO / "operator" / "src" / "main.rs").read_text()
+    cli = text[text.index("struct Cli") :]
+    cli = cli[: cli.index("\n}\n")]
+    fields = re.findall(r"^\s+(?:pub\s+)?([a-z_][a-z0-9_]*)\s*:", cli, re.M)
+    return {"--" + f.replace("_", "-") for f in fields}
+
+
+def test_ha_with_postgres(chart):
+    objects = render(chart, {**POSTGRES, "operator": {"replicas": 3}})
+    dep = one(objects, "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    assert "strategy" not in dep["spec"], "rolling updates: the Lease hands over"
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["PALISADE_AUDIT_DATABASE"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "palisade-db", "key": "url"}
+    assert all(v["name"] != "audit" for v in dep["spec"]["template"]["spec"]["volumes"])
+    assert "PersistentVolumeClaim" not in kinds(objects)
+
+
+def test_enforcer_daemonset(chart):
+    objects = render(chart, {"enforcer": {"backend": "legacy", "reject": True, "revoke": False}})
+    ds = one(objects, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["automountServiceAccountToken"] is False
+    (c,) = pod["containers"]
+    assert c["image"] == "palisade-enforcer:0.1.0"
+    sc = c["securityContext"]
+    assert sc.get("privileged") is False
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert c["args"][0] == "agent"
+    a = args(c)
+    assert a["--operator"] == [f"https://{RELEASE}-operator.{NAMESPACE}.svc:9443"]
+    assert a["--node"] == ["$(NODE_NAME)"]
+    assert a["--backend"] == ["legacy"] and "--reject" in a and "--no-revoke" in a
+    assert "--cleanup-on-exit" not in a, "a restart must never flush the node's rules"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["xtables-lock"] == "/run/xtables.lock"
+    assert volumes["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
+    assert volumes["state"]["hostPath"]["path"] == "/var/lib/palisade"
+    token = volumes["token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "palisade-operator"
+    assert a["--token-file"] == [mounts["token"] + "/" + token["path"]]
+    ca = volumes["ca"]["secret"]
+    assert ca["items"] == [{"key": "ca.crt", "path": "ca.crt"}], "never the stream's key"
+    assert a["--ca-file"] == [mounts["ca"] + "/ca.crt"]
+    # The audience the enforcer presents is the one the operator accepts.
+    dep = one(objects, "Deployment")
+    assert args(dep["spec"]["template"]["spec"]["containers"][0])["--token-audience"] == [token["audience"]]
+    # Every enforcer flag the chart passes exists in the binary.
+    known = enforcer_agent_flags()
+    for flag in a:
+        assert flag in known, f"the chart passes {flag}, which `palisade-enforcer agent` does not accept"
+
+
+def enforcer_agent_flags() -> set[str]:
+    text = (REPO / "enforcer" / "src" / "main.rs").read_text()
+    block = text[text.index("struct AgentArgs") :]
+    block = block[: block.index("\n}\n")]
+    fields = re.findall(r"^\s+(?:pub\s+)?([a-z_][a-z0-9_]*)\s*:", block, re.M)
+    return {"--" + f.replace("_", "-") for f in fields}
+
+
+def test_the_service_serves_stream_and_metrics(chart):
+    objects = render(chart, {})
+    svc = one(objects, "Service")
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    assert ports == {"stream": (9443, "stream"), "metrics": (9090, "health")}
+    dep = one(objects, "Deployment")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+
+
+def test_cert_manager_mode(chart):
+    objects = render(chart, {"tls": {"certManager": {"enabled": True}}})
+    cert = one(objects, "Certificate", f"{RELEASE}-stream")
+    assert cert["spec"]["secretName"] == f"{RELEASE}-stream-tls"
+    assert f"{RELEASE}-operator.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+    assert cert["spec"]["issuerRef"]["name"] == f"{RELEASE}-stream-ca"
+    dep = one(objects, "Deployment")
+    a = args(dep["spec"]["template"]["spec"]["containers"][0])
+    assert "--tls-secret" not in a, "cert-manager owns the Secret"
+    tls = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
+    assert tls["secret"]["secretName"] == f"{RELEASE}-stream-tls"
+    # The operator no longer needs to write Secrets.
+    assert not any(r[2] == "secrets" for r in operator_rules(objects))
+
+
+def test_generated_tls_lets_the_operator_write_only_its_namespace_secrets(chart):
+    rules = operator_rules(render(chart, {}))
+    secrets = {r for r in rules if r[2] == "secrets"}
+    assert secrets, "the operator writes the stream's certificate"
+    assert all(r[0] == "OwnNamespace" for r in secrets)
+
+
+def test_service_monitor_and_otel(chart):
+    objects = render(
+        chart,
+        {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}, "otel": {"endpoint": "http://otel:4317"}},
+    )
+    sm = one(objects, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    c = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4317"
+
+
+def test_images_from_values(chart):
+    objects = render(chart, {"image": {"registry": "ghcr.io/acme/", "tag": "1.2.3"}, "enforcer": {"image": {"tag": "1.2.4"}}})
+    dep = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    ds = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    job = one(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert dep["image"] == "ghcr.io/acme/palisade-operator:1.2.3"
+    assert ds["image"] == "ghcr.io/acme/palisade-enforcer:1.2.4"
+    assert job["image"] == dep["image"], "the uninstall hook runs from the operator image"
+
+
+def test_uninstall_hook(chart):
+    objects = render(chart, {})
+    job = one(objects, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    for o in objects:
+        if o["metadata"]["name"] == f"{RELEASE}-uninstall":
+            ann = o["metadata"]["annotations"]
+            assert ann["helm.sh/hook"] == "pre-delete"
+            if o["kind"] != "Job":
+                assert int(ann["helm.sh/hook-weight"]) < 0, "RBAC before the Job"
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["palisade-uninstall"]
+    a = args(c)
+    assert a["--daemonset"] == [one(objects, "DaemonSet")["metadata"]["name"]]
+    assert a["--namespace"] == [NAMESPACE]
+
+
+def test_notes_tell_the_next_steps(chart):
+    text = notes(chart, {})
+    assert "kubectl get policyreports -A" in text
+    assert "palisade audit" in text
+    assert "palisade-enforcer cleanup" in text
+    text = notes(chart, {"reports": {"api": "openreports"}})
+    assert "kubectl get policyreports -A" not in text and "reports.openreports.io" in text
+
+
+BAD_VALUES = {
+    "two replicas with sqlite": {"operator": {"replicas": 2}},
+    "postgres without a secret": {"audit": {"storage": "postgres"}},
+    "zero replicas": {"operator": {"replicas": 0}},
+    "unknown audit storage": {"audit": {"storage": "mysql"}},
+    "negative retention": {"audit": {"retentionDays": -1}},
+    "unknown report api": {"reports": {"api": "kyverno"}},
+    "unknown backend": {"enforcer": {"backend": "ebpf"}},
+    "unknown top-level key": {"operatr": {"replicas": 1}},
+    "unknown nested key": {"enforcer": {"privileged": True}},
+    "bad log format": {"operator": {"logFormat": "xml"}},
+    "port out of range": {"operator": {"streamPort": 70000}},
+    "string replicas": {"operator": {"replicas": "2"}},
+    "bad pull policy": {"image": {"pullPolicy": "Sometimes"}},
+    "relative state dir": {"enforcer": {"stateDir": "var/lib/palisade"}},
+    "otel endpoint without scheme": {"otel": {"endpoint": "otel:4317"}},
+    "bad issuer kind": {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "x", "kind": "Vault"}}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_the_schema_rejects(chart, case):
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema(BAD_VALUES[case])
+
+
+def test_the_schema_names_the_replicas_rule(chart):
+    with pytest.raises(helm.HelmError) as e:
+        chart.validate_schema({"operator": {"replicas": 2}})
+    assert "replicas" in str(e.value)
+
+
+def test_the_schema_accepts_the_documented_combinations(chart):
+    for values, _ in VALUE_SETS.values():
+        chart.validate_schema(copy.deepcopy(values))
+
+
+def crd_files() -> list[Path]:
+    files = sorted((REPO / "crds" / "yaml").glob("*.yaml"))
+    assert files, "crds/yaml/ has the generated CRDs"
+    return files
+
+
+def test_chart_crds_are_the_generated_ones():
+    """Every generated CRD is in the chart byte for byte: Palisade's own in crds/, the report
+    APIs' in files/optional-crds/ (installed when reports.installCRDs); nothing else."""
+    expected_crds, expected_optional = set(), set()
+    for f in crd_files():
+        group = yaml.safe_load(f.read_text())["spec"]["group"]
+        optional = group in OPTIONAL_CRD_GROUPS
+        target = CHART / ("files/optional-crds" if optional else "crds") / f.name
+        (expected_optional if optional else expected_crds).add(f.name)
+        assert target.exists(), f"{f.name} is not in the chart: cp {f} {target}"
+        assert target.read_bytes() == f.read_bytes(), f"{target} differs from {f}: cp {f} {target}"
+    assert {p.name for p in (CHART / "crds").glob("*")} == expected_crds
+    assert {p.name for p in (CHART / "files" / "optional-crds").glob("*.yaml")} == expected_optional
+
+
+def test_report_crds_follow_the_values(chart):
+    optional = {
+        yaml.safe_load(f.read_text())["metadata"]["name"]: yaml.safe_load(f.read_text())["spec"]["group"]
+        for f in (CHART / "files" / "optional-crds").glob("*.yaml")
+    }
+    for api, groups in [("wgpolicyk8s", {"wgpolicyk8s.io"}), ("openreports", {"openreports.io"}), ("both", OPTIONAL_CRD_GROUPS), ("none", set())]:
+        for install in (True, False):
+            objects = render(chart, {"reports": {"api": api, "installCRDs": install}})
+            got = {o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"}
+            want = {n for n, g in optional.items() if install and g in groups}
+            assert got == want, (api, install)
+            for o in objects:
+                if o["kind"] == "CustomResourceDefinition":
+                    assert o["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_dockerfiles_build_binaries_of_the_workspace():
+    """The images are built outside CI; at least what they name must exist here."""
+    bins = {"palisade-operator": REPO / "operator/src/main.rs", "palisade-enforcer": REPO / "enforcer/src/main.rs", "palisade-uninstall": REPO / "operator/src/bin/palisade-uninstall.rs"}
+    for path, needed in [("operator/Dockerfile", ["palisade-operator", "palisade-uninstall"]), ("enforcer/Dockerfile", ["palisade-enforcer"])]:
+        text = (REPO / path).read_text()
+        assert re.search(r"^FROM .* AS build", text, re.M | re.I), f"{path}: multi-stage"
+        for b in needed:
+            assert bins[b].exists(), f"{b}: no such binary in the workspace"
+            assert f"--bin {b}" in text, f"{path} does not build {b}"
+            assert f"/usr/local/bin/{b}" in text, f"{path} does not install {b}"
+    op = (REPO / "operator/Dockerfile").read_text()
+    assert re.search(r"^USER 65532", op, re.M), "the operator image runs as non-root"
+    enf = (REPO / "enforcer/Dockerfile").read_text()
+    for pkg in ["iptables", "ipset", "conntrack"]:
+        assert pkg in enf
+    # The chart's images are the ones these files build.
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["operator"]["image"]["repository"] == "palisade-operator"
+    assert values["enforcer"]["image"]["repository"] == "palisade-enforcer"
