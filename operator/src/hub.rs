@@ -5,7 +5,7 @@
 //! The reconcile side only publishes; the stream side only subscribes and
 //! reports. Neither knows where the cluster's objects come from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -61,6 +61,17 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Forgets the nodes not in `keep` (they left the cluster): their desired state and what
+    /// their enforcer reported. A stream still following such a node keeps its channel (its
+    /// enforcer keeps the rules it has and is sent nothing more) until it ends.
+    pub fn retain_nodes(&self, keep: &BTreeSet<&str>) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.retain(|name, tx| keep.contains(name.as_str()) || tx.receiver_count() > 0);
+        drop(nodes);
+        let mut realised = self.realised.lock().unwrap_or_else(|e| e.into_inner());
+        realised.retain(|name, _| keep.contains(name.as_str()));
     }
 
     /// Follows one node's desired state: `None` until the node is known.
@@ -147,5 +158,26 @@ mod tests {
         assert_eq!(hub.desired_versions().get("n2"), Some(&1));
         hub.report_realised("n1", 2, vec![]);
         assert_eq!(hub.realisation().get("n1").map(|r| r.version), Some(2));
+    }
+
+    #[tokio::test]
+    async fn nodes_that_left_are_forgotten_unless_followed() {
+        let hub = Hub::new();
+        hub.publish(vec![state("n1", 1), state("n2", 1), state("n3", 1)]);
+        hub.report_realised("n2", 1, vec![]);
+        let followed = hub.subscribe("n3");
+        hub.retain_nodes(&BTreeSet::from(["n1"]));
+        assert_eq!(
+            hub.desired_versions().into_keys().collect::<Vec<_>>(),
+            ["n1", "n3"],
+            "n2 forgotten; n3 kept while its stream follows it"
+        );
+        assert!(hub.realisation().is_empty());
+        drop(followed);
+        hub.retain_nodes(&BTreeSet::from(["n1"]));
+        assert_eq!(
+            hub.desired_versions().into_keys().collect::<Vec<_>>(),
+            ["n1"]
+        );
     }
 }

@@ -217,6 +217,7 @@ impl Reconciler {
                     debug!(nodes = n, took_ms = took.as_secs_f64() * 1e3, "published");
                     self.hub.publish(changed);
                 }
+                self.hub.retain_nodes(&self.index.node_names());
                 if !self.status.is_synced() {
                     info!(
                         nodes = n,

@@ -187,6 +187,11 @@ impl ClusterIndex {
         Ok(changed)
     }
 
+    /// The nodes that have a state (after the last commit).
+    pub fn node_names(&self) -> BTreeSet<&str> {
+        self.states.keys().map(String::as_str).collect()
+    }
+
     /// A node's current state (after the last commit).
     pub fn node_state(&self, node: &str) -> Option<&NodeRuleSet> {
         self.states.get(node).map(|s| s.as_ref())

@@ -79,6 +79,12 @@ impl From<BTreeMap<String, String>> for Labels {
     }
 }
 
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(pairs: [(String, String); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
 impl From<Labels> for BTreeMap<String, String> {
     fn from(labels: Labels) -> Self {
         labels.0.into_iter().collect()
