@@ -85,6 +85,8 @@ pub struct Config {
     pub lease: LeaseSettings,
     /// The enforcers' stream (operator/src/stream); `None`: not served.
     pub stream: Option<crate::stream::StreamSettings>,
+    /// Policy reports (operator/src/report).
+    pub report: crate::report::ReportSettings,
 }
 
 impl Config {
@@ -97,6 +99,7 @@ impl Config {
             debounce: Debounce::default(),
             lease: LeaseSettings::default(),
             stream: None,
+            report: crate::report::ReportSettings::default(),
         }
     }
 }
@@ -203,6 +206,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         config.debounce,
     );
     let reconcile_task = tokio::spawn(reconciler.run(events_rx));
+    // Policy reports read a copy of the source's events (a tee in front of reconcile).
+    let (events_tx, report_task) = crate::report::start(
+        &config.report,
+        hub.clone(),
+        status.clone(),
+        client.clone(),
+        Arc::new(crate::report::NoAudit),
+        events_tx,
+    );
     let mut source_task = tokio::spawn(source.run(events_tx));
     // `kubectl get tnp` rule counts, written by the leader (a cluster only).
     let tnp_status_task = client
@@ -264,6 +276,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     source_task.abort();
     reconcile_task.abort();
+    if let Some(task) = report_task {
+        task.abort();
+    }
     if let Some(task) = tnp_status_task {
         task.abort();
     }

@@ -14,9 +14,11 @@
 //! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease (only the leader serves).
 //! - [`health`], [`metrics`], [`telemetry`], [`status`]: `/healthz`, `/readyz`, `/metrics`,
 //!   logs and OTLP traces, sync state and rejected objects.
+//! - [`report`]: PolicyReports / OpenReports: what is enforced, where, and what is not.
 //! - [`app`]: the wiring `main` calls.
 
 pub mod app;
+pub mod audit;
 pub mod certs;
 pub mod health;
 pub mod hub;
@@ -24,10 +26,12 @@ pub mod leader;
 pub mod metrics;
 pub mod rbac;
 pub mod reconcile;
+pub mod report;
 pub mod source;
 pub mod status;
 pub mod stream;
 pub mod telemetry;
 pub mod tnp_status;
+pub mod uninstall;
 #[cfg(test)]
 mod verifier;
