@@ -18,7 +18,6 @@
 //! - [`app`]: the wiring `main` calls.
 
 pub mod app;
-pub mod audit;
 pub mod certs;
 pub mod health;
 pub mod hub;
