@@ -416,6 +416,7 @@ fn main() {
             ApplyOptions {
                 reject: false,
                 revoke: false,
+                ..ApplyOptions::default()
             },
         ),
         busy,

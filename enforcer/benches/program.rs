@@ -137,6 +137,7 @@ fn main() {
                     let opts = ApplyOptions {
                         reject: false,
                         revoke,
+                        ..ApplyOptions::default()
                     };
                     let mut e = Enforcer::with_backend(Backend::Nft, opts);
                     let t = Instant::now();

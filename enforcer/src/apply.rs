@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::IpNet;
@@ -46,7 +47,9 @@ use crate::eval::{Evaluator, Flow, Verdict, L4};
 use crate::names::{
     is_our_chain, is_our_set, CHAIN_DENY, CHAIN_FORWARD, HOOK_COMMENT, TEMP_SET_SUFFIX,
 };
-use crate::render::{delta, render_checked, Delta, Installed, Members, RenderOptions};
+use crate::render::{
+    delta, render_checked, AuditRules, Delta, Installed, Members, RenderOptions, RuleRef,
+};
 
 /// Which iptables implementation to drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -90,6 +93,8 @@ pub struct ApplyOptions {
     pub reject: bool,
     /// Delete the conntrack entries of connections a new state denies.
     pub revoke: bool,
+    /// Log decisions through NFLOG for the audit log; `None`: off.
+    pub audit: Option<AuditRules>,
 }
 
 impl Default for ApplyOptions {
@@ -97,6 +102,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             reject: false,
             revoke: true,
+            audit: Some(AuditRules::default()),
         }
     }
 }
@@ -129,6 +135,8 @@ pub struct Enforcer {
     installed: Option<[Installed; 2]>,
     /// The previous state, to find connections that were allowed.
     previous: Option<Evaluator>,
+    /// What the short ids (NFLOG prefixes) of the rules last applied stand for.
+    ids: Arc<BTreeMap<String, RuleRef>>,
 }
 
 impl Enforcer {
@@ -143,11 +151,21 @@ impl Enforcer {
             opts,
             installed: None,
             previous: None,
+            ids: Arc::default(),
         }
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// What the short ids of the last rendered rule set stand for (the audit
+    /// reader's attribution), and that rule set (its local pods).
+    pub fn attribution(&self) -> (Arc<BTreeMap<String, RuleRef>>, Option<&NodeRuleSet>) {
+        (
+            Arc::clone(&self.ids),
+            self.previous.as_ref().map(Evaluator::rule_set),
+        )
     }
 
     /// Makes the kernel enforce `rs`, changing only what differs from what this
@@ -172,6 +190,7 @@ impl Enforcer {
             issues,
             &RenderOptions {
                 reject: self.opts.reject,
+                audit: self.opts.audit,
             },
         )?;
         let evaluator = Evaluator::from_checked(checked.into_owned());
@@ -215,6 +234,7 @@ impl Enforcer {
             report.errors = errors;
         }
         self.previous = Some(evaluator);
+        self.ids = Arc::new(rendered.ids);
         report.elapsed_us = start.elapsed().as_micros();
         Ok(report)
     }

@@ -14,10 +14,11 @@
 //! it installed last; [`eval`] decides a connection exactly as the rendered rules
 //! do (used to revoke established connections a new state denies, and to cross-check
 //! the kernel in tests). [`stream`] is the client of the operator's stream
-//! (`palisade-enforcer agent`); `run` follows a file instead. The NFLOG reader
-//! comes later.
+//! (`palisade-enforcer agent`); `run` follows a file instead. [`audit`] reads the
+//! decisions the rules log (NFLOG) and spools them for the operator's audit log.
 
 pub mod apply;
+pub mod audit;
 mod check;
 pub mod error;
 pub mod eval;
@@ -31,4 +32,4 @@ pub use apply::{
 pub use error::{ApplyError, RenderError, RuleIssue};
 pub use eval::{eval, Decision, Evaluator, Flow, SideDecision, Verdict, L4};
 pub use palisade_policy::compiled::NodeRuleSet;
-pub use render::{parse_comment, render, CommentId, RenderOptions, Rendered, RuleRef};
+pub use render::{parse_comment, render, AuditRules, CommentId, RenderOptions, Rendered, RuleRef};

@@ -152,7 +152,13 @@ fn main() -> Result<()> {
         }
         Cmd::Render { state, reject } => {
             let state = read_state(&state)?;
-            let rendered = render(&state, &RenderOptions { reject })?;
+            let rendered = render(
+                &state,
+                &RenderOptions {
+                    reject,
+                    ..RenderOptions::default()
+                },
+            )?;
             print!("{}", rendered.scripts());
             for issue in &rendered.issues {
                 eprintln!(
@@ -173,6 +179,7 @@ fn make_enforcer(reject: bool, no_revoke: bool, backend: Option<BackendArg>) -> 
     let opts = ApplyOptions {
         reject,
         revoke: !no_revoke,
+        ..ApplyOptions::default()
     };
     match backend {
         Some(BackendArg::Nft) => Enforcer::with_backend(Backend::Nft, opts),

@@ -152,6 +152,22 @@ pub fn rule_id(id: &PolicyId, rule_index: usize, direction: Direction) -> String
     )
 }
 
+/// `PALISADE-L-<hash of the id>`: logs decision `id` (NFLOG), then does what the
+/// rule does (see [`crate::render`]).
+pub fn log_chain(id: &str) -> String {
+    format!("PALISADE-L-{:016x}", fnv64(id))
+}
+
+/// The hashlimit table of logged denials (per family in the kernel).
+pub const DENY_LOG_LIMIT: &str = "pal-deny-log";
+
+/// NFLOG prefix of a tier chain's default denial: `<tier default id>-<hash of the
+/// tier chain>` (≤ 36 chars; NFLOG prefixes take 63): the tier chain says which
+/// policies isolate the pods it serves.
+pub fn isolation_id(tier_default_id: &str, tier_chain_key: &str) -> String {
+    format!("{tier_default_id}-{:016x}", fnv64(tier_chain_key))
+}
+
 /// Short id of a tier's default decision: `T<tier hash>D<I|E>`.
 pub fn tier_default_id(tier: &str, direction: Direction) -> String {
     format!("T{:016x}D{}", fnv64(tier), dir_letter(direction))

@@ -93,7 +93,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use palisade_policy::compiled::{
     AddressSet, CompiledPolicy, CompiledRule, LocalPod, NodeRuleSet, PortRange, TierPolicies,
 };
-use palisade_policy::model::{Action, DefaultAction, Direction, Family, PolicyId, Protocol};
+use palisade_policy::model::{
+    Action, AuditMode, DefaultAction, Direction, Family, PolicyId, Protocol,
+};
 use serde::Serialize;
 
 use crate::check::check;
@@ -101,10 +103,45 @@ use crate::error::{RenderError, RuleIssue};
 use crate::names::{self, *};
 
 /// Options that change the rendered text.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RenderOptions {
     /// Denied packets get a TCP reset / ICMP port unreachable instead of a silent drop.
     pub reject: bool,
+    /// Log decisions through NFLOG for the audit log (see "Audit" above); `None`: off.
+    pub audit: Option<AuditRules>,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            reject: false,
+            audit: Some(AuditRules::default()),
+        }
+    }
+}
+
+/// How the rules log decisions (the enforcer's audit settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditRules {
+    /// The NFLOG group the enforcer's reader binds.
+    pub group: u16,
+    /// Denied packets logged per second and source address (hashlimit `--hashlimit-upto`)...
+    pub deny_per_sec: u32,
+    /// ...after a burst of this many.
+    pub deny_burst: u32,
+}
+
+/// The default NFLOG group.
+pub const DEFAULT_NFLOG_GROUP: u16 = 100;
+
+impl Default for AuditRules {
+    fn default() -> Self {
+        AuditRules {
+            group: DEFAULT_NFLOG_GROUP,
+            deny_per_sec: 10,
+            deny_burst: 20,
+        }
+    }
 }
 
 /// What a short id stands for.
@@ -118,6 +155,10 @@ pub struct RuleRef {
     pub rule_index: Option<usize>,
     pub rule_name: Option<String>,
     pub action: Action,
+    /// For the default denial of a tier chain (an isolated pod that no rule of the
+    /// tier accepted): the policies of the tier that isolate the pod.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<PolicyId>,
 }
 
 /// Members of one ipset: net → `nomatch`.
@@ -348,6 +389,16 @@ impl FamilyRules {
 }
 
 fn describe(r: &RuleRef) -> String {
+    if !r.isolated_by.is_empty() {
+        let by: Vec<String> = r.isolated_by.iter().map(|p| p.to_string()).collect();
+        return format!(
+            "tier {} {} default {:?}, isolated by {}",
+            r.tier,
+            r.direction.as_str(),
+            r.action,
+            by.join(", ")
+        );
+    }
     match &r.policy {
         Some(p) => format!(
             "tier {} {} {} rule {}{} {:?}",
@@ -718,7 +769,13 @@ impl<'a> FamilyRenderer<'a> {
                     rule_index: None,
                     rule_name: None,
                     action: Action::Deny,
+                    isolated_by: Vec::new(),
                 });
+                if let Some(log) = self.default_deny_log(&id, &key, direction, tp) {
+                    lines.push(format!(
+                        "-A {name} -m comment --comment \"{comment}\" {log}"
+                    ));
+                }
                 lines.push(format!(
                     "-A {name} -m comment --comment \"{comment}\" -j {CHAIN_DENY}"
                 ));
@@ -757,7 +814,7 @@ impl<'a> FamilyRenderer<'a> {
             .unwrap_or_default();
         let mut lines = Vec::new();
         for rule in rules {
-            self.rule_lines(&name, &tier_name, policy, direction, rule, &mut lines);
+            self.rule_lines(&name, &tier_name, policy, direction, rule, &mut lines)?;
         }
         self.out.chains.insert(name.clone(), lines);
         Ok(name)
@@ -771,7 +828,7 @@ impl<'a> FamilyRenderer<'a> {
         direction: Direction,
         rule: &CompiledRule,
         lines: &mut Vec<String>,
-    ) {
+    ) -> Result<(), RenderError> {
         let id = rule_id(&policy.id, rule.index, direction);
         let policy_name = match &policy.id.namespace {
             Some(ns) => format!("{ns}/{}", policy.id.name),
@@ -790,18 +847,22 @@ impl<'a> FamilyRenderer<'a> {
             rule.action
         ));
         self.register(RuleRef {
-            id,
+            id: id.clone(),
             tier: tier.to_string(),
             policy: Some(policy.id.clone()),
             direction,
             rule_index: Some(rule.index),
             rule_name: rule.name.clone(),
             action: rule.action,
+            isolated_by: Vec::new(),
         });
-        let target = match rule.action {
-            Action::Accept => format!("-g {CHAIN_ACCEPT}"),
-            Action::Pass => format!("-g {CHAIN_PASS}"),
-            Action::Deny => format!("-j {CHAIN_DENY}"),
+        let target = match self.rule_log_chain(&id, policy, rule.action)? {
+            Some(log) => format!("-g {log}"),
+            None => match rule.action {
+                Action::Accept => format!("-g {CHAIN_ACCEPT}"),
+                Action::Pass => format!("-g {CHAIN_PASS}"),
+                Action::Deny => format!("-j {CHAIN_DENY}"),
+            },
         };
         let (remote_dir, local_dir) = match direction {
             Direction::Ingress => ("src", "dst"),
@@ -850,6 +911,111 @@ impl<'a> FamilyRenderer<'a> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `-j NFLOG …` for decision `id`.
+    fn nflog(&self, audit: &AuditRules, id: &str) -> String {
+        format!("-j NFLOG --nflog-group {} --nflog-prefix {id}", audit.group)
+    }
+
+    /// The rate limit of logged denials: per source address, one table per family
+    /// shared by every denying rule, so a flood from one source costs a bounded
+    /// number of log messages whatever rules it hits.
+    fn deny_limit(&self, audit: &AuditRules) -> String {
+        format!(
+            "-m hashlimit --hashlimit-upto {}/sec --hashlimit-burst {} --hashlimit-mode srcip --hashlimit-name {DENY_LOG_LIMIT}",
+            audit.deny_per_sec.max(1),
+            audit.deny_burst.max(1)
+        )
+    }
+
+    /// The chain a logged rule goes to (`None`: the rule is not logged): it logs the
+    /// decision under the rule's id, then does what the rule does (Accept: the
+    /// ACCEPT mark, back in the tier chain as after `-g PALISADE-ACCEPT`; Deny:
+    /// PALISADE-DENY, the log rate-limited per source). Pass decides nothing and
+    /// is never logged; the tier after it decides.
+    fn rule_log_chain(
+        &mut self,
+        id: &str,
+        policy: &CompiledPolicy,
+        action: Action,
+    ) -> Result<Option<String>, RenderError> {
+        let Some(audit) = self.opts.audit else {
+            return Ok(None);
+        };
+        let mode = self.rs.audit_of(policy);
+        let logged = match action {
+            Action::Accept => mode == AuditMode::All,
+            Action::Deny => mode != AuditMode::None,
+            Action::Pass => false,
+        };
+        if !logged {
+            return Ok(None);
+        }
+        let name = names::log_chain(id);
+        if self.claim(&name, format!("log chain {id}"))? {
+            let log = self.nflog(&audit, id);
+            let lines = match action {
+                Action::Accept => vec![
+                    format!("-A {name} {log}"),
+                    format!(
+                        "-A {name} -j MARK --set-xmark {}/{}",
+                        mark_hex(MARK_ACCEPT),
+                        mark_hex(MARK_MASK)
+                    ),
+                ],
+                _ => vec![
+                    format!("-A {name} {} {log}", self.deny_limit(&audit)),
+                    format!("-A {name} -j {CHAIN_DENY}"),
+                ],
+            };
+            self.out.chains.insert(name.clone(), lines);
+        }
+        Ok(Some(name))
+    }
+
+    /// The log rule before a tier chain's default denial, `None` when not logged
+    /// (audit off, or every policy isolating the pods says `None`). Its id names the
+    /// tier chain, and maps to the policies that isolate the pods (the chain's).
+    fn default_deny_log(
+        &mut self,
+        tier_id: &str,
+        chain_key: &str,
+        direction: Direction,
+        tp: &TierPolicies,
+    ) -> Option<String> {
+        let audit = self.opts.audit?;
+        let rs = self.rs;
+        let policies: Vec<&CompiledPolicy> = tp
+            .policies
+            .iter()
+            .filter_map(|&p| rs.policies.get(p))
+            .collect();
+        if policies.iter().all(|p| rs.audit_of(p) == AuditMode::None) {
+            return None;
+        }
+        let id = isolation_id(tier_id, chain_key);
+        let tier = rs
+            .tiers
+            .get(tp.tier)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        self.register(RuleRef {
+            id: id.clone(),
+            tier,
+            policy: None,
+            direction,
+            rule_index: None,
+            rule_name: None,
+            action: Action::Deny,
+            isolated_by: policies.iter().map(|p| p.id.clone()).collect(),
+        });
+        Some(format!(
+            "{} {}",
+            self.deny_limit(&audit),
+            self.nflog(&audit, &id)
+        ))
     }
 }
 

@@ -108,6 +108,7 @@ fn revocation_case(revoke: bool) {
         ApplyOptions {
             reject: false,
             revoke,
+            ..ApplyOptions::default()
         },
     );
     lab.node.run(|| enforcer.apply(&before).expect("apply"));

@@ -273,6 +273,7 @@ fn reuse_case(v6: bool, rounds: usize) {
         ApplyOptions {
             reject: true,
             revoke: true,
+            ..ApplyOptions::default()
         },
     );
     for round in 0..rounds {

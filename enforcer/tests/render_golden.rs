@@ -322,7 +322,10 @@ fn golden_default_deny() {
     golden(
         "default_deny_reject",
         &default_deny(),
-        RenderOptions { reject: true },
+        RenderOptions {
+            reject: true,
+            ..RenderOptions::default()
+        },
     );
     let rs = default_deny();
     assert_eq!(
@@ -551,6 +554,7 @@ fn golden_states_apply_for_real() {
         let opts = ApplyOptions {
             reject,
             revoke: true,
+            ..ApplyOptions::default()
         };
         let mut enforcer = Enforcer::with_backend(Backend::Nft, opts);
         for state in [

@@ -138,6 +138,7 @@ fn revocation_cuts_only_newly_denied_connections() {
         let opts = ApplyOptions {
             reject: false,
             revoke,
+            ..ApplyOptions::default()
         };
         let mut enforcer = Enforcer::with_backend(Backend::Nft, opts);
         lab.node.run(|| enforcer.apply(&both).expect("apply both"));
@@ -329,6 +330,7 @@ fn eval_matches_the_kernel() {
         ApplyOptions {
             reject: true,
             revoke: true,
+            ..ApplyOptions::default()
         },
     );
     let rounds = 24;
@@ -417,6 +419,7 @@ fn traffic_with_the_own_node_is_always_allowed() {
         ApplyOptions {
             reject: true,
             revoke: true,
+            ..ApplyOptions::default()
         },
     );
     lab.node.run(|| enforcer.apply(&state).expect("apply"));

@@ -171,11 +171,13 @@ impl Compiler<'_> {
         };
         let ingress = rules(Direction::Ingress);
         let egress = rules(Direction::Egress);
+        let audit = prepared.audit;
         self.out.policies.push(CompiledPolicy {
             id: prepared.id.clone(),
             tier,
             ingress,
             egress,
+            audit,
         });
         let i = self.out.policies.len() - 1;
         self.policy_map.insert(p, i);

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Action, DefaultAction, Family, PolicyId, Protocol};
+use crate::model::{Action, AuditMode, DefaultAction, Family, PolicyId, Protocol};
 
 /// Bumped whenever the shape below changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -35,6 +35,23 @@ pub struct NodeRuleSet {
     pub policies: Vec<CompiledPolicy>,
     /// Local pods that have their own address (host-network pods never appear).
     pub pods: Vec<LocalPod>,
+    /// Which decisions go to the audit log for policies that do not say (the
+    /// operator's default); `None`: all. Absent from older states (and left out
+    /// when `None`, so the serialised form and digest of a state without audit
+    /// settings did not change: no format bump).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_default: Option<AuditMode>,
+}
+
+impl NodeRuleSet {
+    /// Which decisions of `policy` go to the audit log: its own setting, else the
+    /// operator's default, else all.
+    pub fn audit_of(&self, policy: &CompiledPolicy) -> AuditMode {
+        policy
+            .audit
+            .or(self.audit_default)
+            .unwrap_or(AuditMode::All)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +99,10 @@ pub struct CompiledPolicy {
     pub tier: usize,
     pub ingress: Vec<CompiledRule>,
     pub egress: Vec<CompiledRule>,
+    /// The policy's own audit setting (TieredNetworkPolicy `spec.audit`); `None`:
+    /// the rule set's [`NodeRuleSet::audit_default`]. See [`NodeRuleSet::audit_of`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditMode>,
 }
 
 /// One rule, already made fail-closed: an unenforceable Deny/Pass rule arrives as

@@ -66,6 +66,7 @@ pub fn mk_policy(
         tier,
         ingress,
         egress,
+        audit: None,
     }
 }
 
@@ -170,6 +171,7 @@ pub fn mk_rule_set(
         sets,
         policies,
         pods,
+        audit_default: None,
     }
 }
 
