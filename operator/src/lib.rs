@@ -31,5 +31,6 @@ pub mod status;
 pub mod stream;
 pub mod telemetry;
 pub mod tnp_status;
+pub mod uninstall;
 #[cfg(test)]
 mod verifier;

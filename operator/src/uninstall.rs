@@ -1,0 +1,464 @@
+//! Uninstall cleanup (`palisade-uninstall`, the Helm chart's pre-delete hook): removes
+//! Palisade's chains, hooks and sets from every node.
+//!
+//! The enforcer keeps its rules when it stops (a restart or an upgrade must never open a
+//! node), so uninstall is the one place that removes them, in this order:
+//! 1. read the enforcer DaemonSet's pod template (image, tolerations, mounts, capabilities);
+//! 2. delete the DaemonSet and wait until its pods are gone, so no agent puts rules back;
+//! 3. run one pod per node from that template, pinned to the node, running
+//!    `palisade-enforcer cleanup`, and wait for each to finish;
+//! 4. delete those pods and report every node that could not be cleaned (it keeps its rules
+//!    until someone runs `palisade-enforcer cleanup` there).
+//!
+//! Its API calls are the `UNINSTALL` table of [`crate::rbac`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::Api;
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// Label of the cleanup pods (value: the DaemonSet's name).
+pub const CLEANUP_LABEL: &str = "palisade.dev/cleanup";
+
+#[derive(Clone, Debug)]
+pub struct UninstallSettings {
+    pub namespace: String,
+    /// The enforcer DaemonSet.
+    pub daemonset: String,
+    /// Longest wait for the enforcers to stop, and again for the cleanups to finish.
+    pub timeout: Duration,
+    /// How often pods are looked at while waiting.
+    pub poll: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UninstallError {
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("DaemonSet {0} has no pod template to clean up with")]
+    NoTemplate(String),
+    #[error("the pods of DaemonSet {daemonset} were still running after {seconds} s")]
+    EnforcersRemain { daemonset: String, seconds: u64 },
+}
+
+/// What happened on each node.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Nodes whose cleanup succeeded.
+    pub cleaned: Vec<String>,
+    /// Nodes that may still hold Palisade's rules, with the reason.
+    pub failed: BTreeMap<String, String>,
+    /// Whether the DaemonSet existed at all.
+    pub found: bool,
+}
+
+fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> UninstallError {
+    let what = what.into();
+    move |source| UninstallError::Api { what, source }
+}
+
+/// Whether a node's labels satisfy the pod template's `nodeSelector` (the kubelet refuses a
+/// pinned pod otherwise, and the DaemonSet never ran there).
+fn selected(node: &Node, spec: &PodSpec) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    spec.node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The cleanup pod for `node`: the enforcer's pod, pinned, running `cleanup` once.
+pub fn cleanup_pod(
+    settings: &UninstallSettings,
+    template: &PodSpec,
+    node: &str,
+    index: usize,
+) -> Pod {
+    let mut spec = template.clone();
+    spec.node_name = Some(node.to_string());
+    spec.restart_policy = Some("Never".to_string());
+    spec.affinity = None;
+    spec.init_containers = None;
+    spec.containers.truncate(1);
+    for c in &mut spec.containers {
+        c.command = None;
+        c.args = Some(vec!["cleanup".to_string()]);
+        c.liveness_probe = None;
+        c.readiness_probe = None;
+        c.startup_probe = None;
+        c.lifecycle = None;
+        c.ports = None;
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-cleanup-{index}", settings.daemonset)),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                CLEANUP_LABEL.to_string(),
+                settings.daemonset.clone(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                "palisade.dev/node".to_string(),
+                node.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        ..Pod::default()
+    }
+}
+
+/// Runs the whole cleanup (see the module documentation).
+pub async fn run(
+    client: kube::Client,
+    settings: &UninstallSettings,
+) -> Result<Report, UninstallError> {
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &settings.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
+    let nodes: Api<Node> = Api::all(client);
+    let ds_name = &settings.daemonset;
+
+    let Some(ds) = daemonsets
+        .get_opt(ds_name)
+        .await
+        .map_err(api_error(format!("reading DaemonSet {ds_name}")))?
+    else {
+        warn!(daemonset = %ds_name, "enforcer DaemonSet not found: nothing to clean with");
+        return Ok(Report::default());
+    };
+    let spec = ds.spec;
+    let template = spec
+        .template
+        .spec
+        .ok_or_else(|| UninstallError::NoTemplate(ds_name.clone()))?;
+    let selector = spec
+        .selector
+        .match_labels
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let mut targets: Vec<String> = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(api_error("listing nodes"))?
+        .items
+        .iter()
+        .filter(|n| selected(n, &template))
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    targets.sort();
+
+    info!(daemonset = %ds_name, "stopping the enforcers");
+    match daemonsets
+        .delete(ds_name, &DeleteParams::foreground())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(api_error(format!("deleting DaemonSet {ds_name}"))(e)),
+    }
+    let enforcers = ListParams::default().labels(&selector);
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    loop {
+        let left = pods
+            .list(&enforcers)
+            .await
+            .map_err(api_error("listing the enforcer pods"))?
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(UninstallError::EnforcersRemain {
+                daemonset: ds_name.clone(),
+                seconds: settings.timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(settings.poll).await;
+    }
+
+    let mut report = Report {
+        found: true,
+        ..Report::default()
+    };
+    let mut waiting: BTreeMap<String, String> = BTreeMap::new(); // pod name -> node
+    for (i, node) in targets.iter().enumerate() {
+        let pod = cleanup_pod(settings, &template, node, i);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {
+                waiting.insert(name, node.clone());
+            }
+            Err(e) => {
+                report
+                    .failed
+                    .insert(node.clone(), format!("cannot create {name}: {e}"));
+            }
+        }
+    }
+
+    let cleanups = ListParams::default().labels(&format!("{CLEANUP_LABEL}={ds_name}"));
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    while !waiting.is_empty() {
+        let listed = pods
+            .list(&cleanups)
+            .await
+            .map_err(api_error("listing the cleanup pods"))?;
+        for pod in listed.items {
+            let (Some(name), Some(phase)) = (
+                pod.metadata.name.as_ref(),
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            ) else {
+                continue;
+            };
+            let Some(node) = waiting.get(name).cloned() else {
+                continue;
+            };
+            match phase {
+                "Succeeded" => {
+                    report.cleaned.push(node);
+                    waiting.remove(name);
+                }
+                "Failed" => {
+                    report
+                        .failed
+                        .insert(node, format!("{name} failed (kubectl logs {name})"));
+                    waiting.remove(name);
+                }
+                _ => {}
+            }
+        }
+        if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(settings.poll).await;
+    }
+    for (name, node) in &waiting {
+        report.failed.insert(
+            node.clone(),
+            format!(
+                "{name} did not finish within {} s",
+                settings.timeout.as_secs()
+            ),
+        );
+    }
+    report.cleaned.sort();
+
+    // Failed pods stay for their logs; the others go.
+    for i in 0..targets.len() {
+        let name = format!("{ds_name}-cleanup-{i}");
+        let node = &targets[i];
+        if report.failed.contains_key(node) {
+            continue;
+        }
+        if let Err(e) = pods.delete(&name, &DeleteParams::default()).await {
+            warn!(pod = %name, error = %e, "cannot delete a cleanup pod");
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rbac;
+    use crate::verifier;
+    use serde_json::json;
+
+    fn settings() -> UninstallSettings {
+        UninstallSettings {
+            namespace: "palisade-system".into(),
+            daemonset: "palisade-enforcer".into(),
+            timeout: Duration::from_millis(300),
+            poll: Duration::from_millis(5),
+        }
+    }
+
+    fn daemonset() -> serde_json::Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "palisade-enforcer", "namespace": "palisade-system"},
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/component": "enforcer"}},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/component": "enforcer"}},
+                    "spec": {
+                        "hostNetwork": true,
+                        "nodeSelector": {"kubernetes.io/os": "linux"},
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [{
+                            "name": "enforcer", "image": "palisade-enforcer:1",
+                            "args": ["agent", "--node=$(NODE_NAME)"],
+                            "readinessProbe": {"exec": {"command": ["true"]}},
+                            "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+                            "volumeMounts": [{"name": "xtables-lock", "mountPath": "/run/xtables.lock"}]
+                        }],
+                        "volumes": [{"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock"}}]
+                    }
+                }
+            }
+        })
+    }
+
+    fn node(name: &str, os: &str) -> serde_json::Value {
+        json!({"metadata": {"name": name, "labels": {"kubernetes.io/os": os}}})
+    }
+
+    fn list(kind: &str, items: Vec<serde_json::Value>) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": kind, "metadata": {}, "items": items})
+    }
+
+    fn pod(name: &str, phase: &str) -> serde_json::Value {
+        json!({"metadata": {"name": name}, "status": {"phase": phase}})
+    }
+
+    #[tokio::test]
+    async fn stops_the_enforcers_then_cleans_every_linux_node() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            let ns = "/api/v1/namespaces/palisade-system/pods";
+            let ds = "/apis/apps/v1/namespaces/palisade-system/daemonsets/palisade-enforcer";
+            let (_, send) = v.expect("GET", ds).await;
+            send.ok(&daemonset());
+            let (_, send) = v.expect("GET", "/api/v1/nodes?").await;
+            send.ok(&list(
+                "NodeList",
+                vec![node("b", "linux"), node("a", "linux"), node("w", "windows")],
+            ));
+            let (body, send) = v.expect("DELETE", &format!("{ds}?")).await;
+            assert_eq!(body["propagationPolicy"], "Foreground");
+            send.ok(&daemonset());
+            let enforcers = format!("{ns}?&labelSelector=app.kubernetes.io%2Fcomponent%3Denforcer");
+            let (_, send) = v.expect("GET", &enforcers).await;
+            send.ok(&list(
+                "PodList",
+                vec![pod("palisade-enforcer-x", "Running")],
+            ));
+            let (_, send) = v.expect("GET", &enforcers).await;
+            send.ok(&list("PodList", vec![]));
+            let mut created = Vec::new();
+            for _ in 0..2 {
+                let (body, send) = v.expect("POST", &format!("{ns}?")).await;
+                send.ok(&body);
+                created.push(body);
+            }
+            let cleanups =
+                format!("{ns}?&labelSelector=palisade.dev%2Fcleanup%3Dpalisade-enforcer");
+            let (_, send) = v.expect("GET", &cleanups).await;
+            send.ok(&list(
+                "PodList",
+                vec![
+                    pod("palisade-enforcer-cleanup-0", "Succeeded"),
+                    pod("palisade-enforcer-cleanup-1", "Pending"),
+                ],
+            ));
+            let (_, send) = v.expect("GET", &cleanups).await;
+            send.ok(&list(
+                "PodList",
+                vec![pod("palisade-enforcer-cleanup-1", "Failed")],
+            ));
+            // Only the successful cleanup pod is deleted: the failed one keeps its logs.
+            let (_, send) = v
+                .expect("DELETE", &format!("{ns}/palisade-enforcer-cleanup-0?"))
+                .await;
+            send.ok(&pod("palisade-enforcer-cleanup-0", "Succeeded"));
+            created
+        });
+        let report = run(client, &settings()).await.expect("ran");
+        let created = server.await.expect("verifier");
+        rbac::check_against(rbac::OPERATOR);
+        assert_eq!(report.cleaned, vec!["a".to_string()]);
+        assert_eq!(report.failed.keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(report.found);
+        let first = &created[0];
+        assert_eq!(first["spec"]["nodeName"], "a");
+        assert_eq!(first["spec"]["restartPolicy"], "Never");
+        assert_eq!(first["spec"]["hostNetwork"], true);
+        assert_eq!(
+            first["spec"]["tolerations"],
+            json!([{"operator": "Exists"}])
+        );
+        let c = &first["spec"]["containers"][0];
+        assert_eq!(c["args"], json!(["cleanup"]));
+        assert_eq!(c["image"], "palisade-enforcer:1");
+        assert!(c.get("readinessProbe").is_none());
+        assert_eq!(
+            c["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert_eq!(c["volumeMounts"][0]["mountPath"], "/run/xtables.lock");
+        assert_eq!(created[1]["spec"]["nodeName"], "b");
+    }
+
+    #[tokio::test]
+    async fn enforcers_that_do_not_stop_fail_the_uninstall_before_any_cleanup() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            let (_, send) = v
+                .expect(
+                    "GET",
+                    "/apis/apps/v1/namespaces/palisade-system/daemonsets/palisade-enforcer",
+                )
+                .await;
+            send.ok(&daemonset());
+            let (_, send) = v.expect("GET", "/api/v1/nodes?").await;
+            send.ok(&list("NodeList", vec![node("a", "linux")]));
+            let (_, send) = v.next().await;
+            send.ok(&daemonset());
+            // Listed until the timeout; never a POST.
+            loop {
+                let (request, send) = v.next().await;
+                assert_eq!(
+                    request.method().as_str(),
+                    "GET",
+                    "no cleanup while enforcers run"
+                );
+                send.ok(&list(
+                    "PodList",
+                    vec![pod("palisade-enforcer-x", "Running")],
+                ));
+            }
+        });
+        let result = run(client, &settings()).await;
+        server.abort();
+        rbac::check_against(rbac::OPERATOR);
+        assert!(
+            matches!(result, Err(UninstallError::EnforcersRemain { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_daemonset_means_nothing_to_do() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            let (_, send) = v
+                .expect(
+                    "GET",
+                    "/apis/apps/v1/namespaces/palisade-system/daemonsets/palisade-enforcer",
+                )
+                .await;
+            send.status(404, "NotFound");
+        });
+        let report = run(client, &settings()).await.expect("ran");
+        server.await.expect("verifier");
+        rbac::check_against(rbac::OPERATOR);
+        assert_eq!(report, Report::default());
+    }
+}
