@@ -137,9 +137,9 @@ VALUE_SETS = {
 def test_renders_the_expected_objects(chart, case):
     values, expected = VALUE_SETS[case]
     objects = render(chart, values)
-    assert kinds(objects) == expected
+    assert kinds(objects) == expected + Counter({"CustomResourceDefinition": len(report_crds(values))})
     for o in objects:
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']} {o['metadata']['name']}"
 
 
@@ -456,6 +456,21 @@ def test_chart_crds_are_the_generated_ones():
     assert {p.name for p in (CHART / "files" / "optional-crds").glob("*.yaml")} == expected_optional
 
 
+def report_crds(values: dict) -> set[str]:
+    """Names of the report CRDs the chart installs for `values`."""
+    reports = values.get("reports", {})
+    api = reports.get("api", "wgpolicyk8s")
+    if not reports.get("installCRDs", True):
+        return set()
+    groups = {"wgpolicyk8s": {"wgpolicyk8s.io"}, "openreports": {"openreports.io"}, "both": OPTIONAL_CRD_GROUPS, "none": set()}[api]
+    out = set()
+    for f in (CHART / "files" / "optional-crds").glob("*.yaml"):
+        crd = yaml.safe_load(f.read_text())
+        if crd["spec"]["group"] in groups:
+            out.add(crd["metadata"]["name"])
+    return out
+
+
 def test_report_crds_follow_the_values(chart):
     optional = {
         yaml.safe_load(f.read_text())["metadata"]["name"]: yaml.safe_load(f.read_text())["spec"]["group"]
@@ -467,6 +482,7 @@ def test_report_crds_follow_the_values(chart):
             got = {o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"}
             want = {n for n, g in optional.items() if install and g in groups}
             assert got == want, (api, install)
+            assert got == report_crds({"reports": {"api": api, "installCRDs": install}})
             for o in objects:
                 if o["kind"] == "CustomResourceDefinition":
                     assert o["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
