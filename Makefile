@@ -7,6 +7,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := iptables ipset conntrack iproute2 kmod
+# The chart's tests (charts/tests) drive the real Helm engine through helm-python-sdk.
+PYTHON ?= python3
+PIP_PACKAGES := helm-python-sdk==0.2.2 pytest==9.2.0 PyYAML==6.0.3
 
 .PHONY: deps test lab scenarios bench
 
@@ -17,12 +20,20 @@ deps:
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null; }
+	@$(PYTHON) -c 'import importlib.metadata as m, sys; \
+		sys.exit(any(m.version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))' \
+		$(PIP_PACKAGES) 2>/dev/null || { echo "installing: $(PIP_PACKAGES)"; \
+		$(PYTHON) -m pip install -q --disable-pip-version-check $(PIP_PACKAGES) 2>/dev/null || \
+		$(PYTHON) -m pip install -q --disable-pip-version-check --break-system-packages $(PIP_PACKAGES); }
 
 # --sctp-raw: kernels built without SCTP sockets (this machine's) still get real SCTP
 # INIT / INIT ACK packets through iptables and conntrack (see e2e/README.md).
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(PYTHON) -m pytest -q -p no:cacheprovider charts/tests
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	$(CARGO) run -q -p palisade-cli --bin palisade -- test e2e/scenarios/
