@@ -389,9 +389,11 @@ impl Compiler<'_> {
             return None;
         };
         let cluster = self.engine.cluster();
-        let mut members: Vec<usize> = Vec::new();
+        let peer_sets = &self.engine.lookup.peer_sets;
+        let mut members: Vec<usize> =
+            Vec::with_capacity(pods.iter().map(|&set| peer_sets[set].len()).sum());
         for &set in pods {
-            members.extend(self.engine.lookup.peer_sets[set].iter());
+            members.extend(peer_sets[set].iter());
         }
         if pods.len() > 1 {
             members.sort_unstable();
@@ -399,10 +401,8 @@ impl Compiler<'_> {
         }
         let mut sets = Vec::new();
         for family in [Family::IPv4, Family::IPv6] {
-            let mut ips: Vec<IpNet> = members
-                .iter()
-                .filter_map(|&p| self.pod_net(p, family))
-                .collect();
+            let mut ips: Vec<IpNet> = Vec::with_capacity(members.len());
+            ips.extend(members.iter().filter_map(|&p| self.pod_net(p, family)));
             ips.extend(
                 nodes
                     .iter()

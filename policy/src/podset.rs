@@ -34,14 +34,22 @@ impl PodSet {
     }
 
     /// The members, in ascending order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = usize> + '_> {
+    pub fn iter(&self) -> PodSetIter<'_> {
         match self {
-            PodSet::Sparse(v) => Box::new(v.iter().map(|&i| i as usize)),
-            PodSet::Dense(bits) => Box::new(bits.iter().enumerate().flat_map(|(w, &word)| {
-                (0..64)
-                    .filter(move |b| word & (1 << b) != 0)
-                    .map(move |b| w * 64 + b)
-            })),
+            PodSet::Sparse(v) => PodSetIter::Sparse(v.iter()),
+            PodSet::Dense(bits) => PodSetIter::Dense {
+                words: bits,
+                word: 0,
+                bits: bits.first().copied().unwrap_or(0),
+            },
+        }
+    }
+
+    /// How many members (a bitmap counts its bits).
+    pub fn len(&self) -> usize {
+        match self {
+            PodSet::Sparse(v) => v.len(),
+            PodSet::Dense(bits) => bits.iter().map(|w| w.count_ones() as usize).sum(),
         }
     }
 
@@ -83,6 +91,36 @@ impl PodSet {
     }
 }
 
+/// The members of a [`PodSet`], in ascending order (no allocation: compile walks thousands).
+pub enum PodSetIter<'a> {
+    Sparse(std::slice::Iter<'a, u32>),
+    /// The bits of `words[word]` not visited yet are in `bits`.
+    Dense {
+        words: &'a [u64],
+        word: usize,
+        bits: u64,
+    },
+}
+
+impl Iterator for PodSetIter<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            PodSetIter::Sparse(it) => it.next().map(|&i| i as usize),
+            PodSetIter::Dense { words, word, bits } => loop {
+                if *bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    *bits &= *bits - 1;
+                    return Some(*word * 64 + b);
+                }
+                *word += 1;
+                *bits = *words.get(*word)?;
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +150,11 @@ mod tests {
             assert_eq!(sparse_grown.contains(i), expected, "sparse {i}");
         }
         assert_eq!(listed, vec![0, 3, 64, 65, 149]);
+        assert_eq!(sparse.iter().collect::<Vec<_>>(), listed);
+        assert_eq!((dense.len(), sparse.len()), (5, 5));
+        let full = PodSet::from_sorted((0..130).collect(), 130);
+        assert_eq!(full.iter().collect::<Vec<_>>(), (0..130).collect::<Vec<_>>());
+        assert_eq!(PodSet::Dense(vec![0, 0]).iter().count(), 0);
         assert!(!dense.contains(10_000));
     }
 }
