@@ -387,6 +387,20 @@ def test_uninstall_hook(chart):
     a = args(c)
     assert a["--daemonset"] == [one(objects, "DaemonSet")["metadata"]["name"]]
     assert a["--namespace"] == [NAMESPACE]
+    assert a["--lease"] == ["palisade-operator"] and a["--tls-secret"] == [f"{RELEASE}-stream-tls"]
+    assert uninstall_flags() >= set(a), "every flag exists in palisade-uninstall"
+    objects = render(chart, {"tls": {"certManager": {"enabled": True}}})
+    a = args(one(objects, "Job")["spec"]["template"]["spec"]["containers"][0])
+    assert "--tls-secret" not in a, "cert-manager's Secret is not ours to delete"
+    assert not any(r[2] == "secrets" for r in operator_rules(objects, "uninstall"))
+
+
+def uninstall_flags() -> set[str]:
+    text = (REPO / "operator" / "src" / "bin" / "palisade-uninstall.rs").read_text()
+    block = text[text.index("struct Cli") :]
+    block = block[: block.index("\n}\n")]
+    fields = re.findall(r"^\s+(?:pub\s+)?([a-z_][a-z0-9_]*)\s*:", block, re.M)
+    return {"--" + f.replace("_", "-") for f in fields}
 
 
 def test_notes_tell_the_next_steps(chart):

@@ -216,6 +216,23 @@ pub const UNINSTALL: &[Permission] = &[
         Scope::Cluster,
         "uninstall cleans every node",
     ),
+    Permission {
+        feature: Some("generatedTls"),
+        ..row(
+            "",
+            "secrets",
+            &["delete"],
+            Scope::OwnNamespace,
+            "uninstall deletes the certificate Secret the operator made",
+        )
+    },
+    row(
+        "coordination.k8s.io",
+        "leases",
+        &["delete"],
+        Scope::OwnNamespace,
+        "uninstall deletes the leader Lease",
+    ),
 ];
 
 thread_local! {

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Secret};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Api;
 use serde::Serialize;
@@ -34,6 +35,10 @@ pub struct UninstallSettings {
     pub timeout: Duration,
     /// How often pods are looked at while waiting.
     pub poll: Duration,
+    /// What the operator created at run time, which Helm does not know to delete: the
+    /// stream's certificate Secret (when the operator issued it) and the leader Lease.
+    pub tls_secret: Option<String>,
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +273,37 @@ pub async fn run(
             warn!(pod = %name, error = %e, "cannot delete a cleanup pod");
         }
     }
+    remove_leftovers(&pods.into_client(), settings).await;
     Ok(report)
+}
+
+/// Deletes the operator's run-time objects (absent ones are fine; a failure is logged, the
+/// uninstall goes on).
+async fn remove_leftovers(client: &kube::Client, settings: &UninstallSettings) {
+    if let Some(name) = &settings.tls_secret {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+        log_delete(
+            "Secret",
+            name,
+            api.delete(name, &DeleteParams::default()).await.map(|_| ()),
+        );
+    }
+    if let Some(name) = &settings.lease {
+        let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
+        log_delete(
+            "Lease",
+            name,
+            api.delete(name, &DeleteParams::default()).await.map(|_| ()),
+        );
+    }
+}
+
+fn log_delete(kind: &str, name: &str, result: Result<(), kube::Error>) {
+    match result {
+        Ok(()) => info!(kind, name, "deleted"),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => warn!(kind, name, error = %e, "cannot delete"),
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +319,8 @@ mod tests {
             daemonset: "palisade-enforcer".into(),
             timeout: Duration::from_millis(300),
             poll: Duration::from_millis(5),
+            tls_secret: Some("palisade-stream-tls".into()),
+            lease: Some("palisade-operator".into()),
         }
     }
 
@@ -376,6 +413,23 @@ mod tests {
                 .expect("DELETE", &format!("{ns}/palisade-enforcer-cleanup-0?"))
                 .await;
             send.ok(&pod("palisade-enforcer-cleanup-0", "Succeeded"));
+            // Then what the operator made at run time.
+            let (_, send) = v
+                .expect(
+                    "DELETE",
+                    "/api/v1/namespaces/palisade-system/secrets/palisade-stream-tls?",
+                )
+                .await;
+            send.status(404, "NotFound");
+            let (_, send) = v
+                .expect(
+                    "DELETE",
+                    "/apis/coordination.k8s.io/v1/namespaces/palisade-system/leases/palisade-operator?",
+                )
+                .await;
+            send.ok(
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            );
             created
         });
         let report = run(client, &settings()).await.expect("ran");

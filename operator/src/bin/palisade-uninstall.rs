@@ -20,6 +20,12 @@ struct Cli {
     /// Longest wait for the enforcers to stop, and again for the cleanups (seconds).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     timeout_secs: u64,
+    /// Also delete this Secret (the stream certificate the operator issued).
+    #[arg(long, value_name = "NAME")]
+    tls_secret: Option<String>,
+    /// Also delete this Lease (the operator's leader election).
+    #[arg(long, value_name = "NAME")]
+    lease: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -37,6 +43,8 @@ async fn main() -> anyhow::Result<()> {
         daemonset: cli.daemonset,
         timeout: Duration::from_secs(cli.timeout_secs.max(1)),
         poll: Duration::from_secs(2),
+        tls_secret: cli.tls_secret,
+        lease: cli.lease,
     };
     let client = kube::Client::try_default()
         .await
