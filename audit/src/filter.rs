@@ -213,8 +213,71 @@ fn like_pattern(name: &str) -> String {
     out
 }
 
+/// `ingress` or `egress`.
+pub fn parse_direction(text: &str) -> Result<AuditDirection, AuditError> {
+    match text {
+        "ingress" => Ok(AuditDirection::Ingress),
+        "egress" => Ok(AuditDirection::Egress),
+        _ => Err(AuditError::Filter(format!(
+            "direction {text:?}: expected ingress or egress"
+        ))),
+    }
+}
+
+/// `allow` or `deny`.
+pub fn parse_verdict(text: &str) -> Result<Verdict, AuditError> {
+    match text {
+        "allow" => Ok(Verdict::Allow),
+        "deny" => Ok(Verdict::Deny),
+        _ => Err(AuditError::Filter(format!(
+            "verdict {text:?}: expected allow or deny"
+        ))),
+    }
+}
+
+/// A point in time given as milliseconds since the epoch (`1764115200000`), or as an age
+/// before `now_ms`: a number with a unit, `s`, `m`, `h` or `d` (`90s`, `15m`, `1h`, `7d`).
+pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, AuditError> {
+    let bad = || {
+        AuditError::Filter(format!(
+            "{text:?}: expected milliseconds since the epoch or an age such as 15m, 1h, 7d"
+        ))
+    };
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let unit_at = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(unit_at);
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    if n < 0 {
+        return Err(bad());
+    }
+    n.checked_mul(unit_ms)
+        .map(|age| now_ms.saturating_sub(age))
+        .ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn times_are_epoch_milliseconds_or_ages() {
+        assert_eq!(parse_time("1234", 10_000).ok(), Some(1234));
+        assert_eq!(parse_time("1h", 4_000_000).ok(), Some(400_000));
+        assert_eq!(parse_time("2m", 200_000).ok(), Some(80_000));
+        assert_eq!(parse_time("1d", 86_400_000).ok(), Some(0));
+        for bad in ["", "h", "1y", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_time(bad, 0).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -29,7 +29,9 @@ pub mod sqlite;
 pub mod store;
 
 pub use error::AuditError;
-pub use filter::{BuiltQuery, DecisionFilter, Param, Placeholders};
+pub use filter::{
+    parse_direction, parse_time, parse_verdict, BuiltQuery, DecisionFilter, Param, Placeholders,
+};
 pub use model::{
     DeniedCount, IsolatedBy, PolicyTraffic, Pruned, Retention, StoredDecision, StoredGap,
     TopTalker, WriteOutcome,

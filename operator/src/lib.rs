@@ -18,6 +18,7 @@
 //! - [`app`]: the wiring `main` calls.
 
 pub mod app;
+pub mod audit;
 pub mod certs;
 pub mod health;
 pub mod hub;
