@@ -521,3 +521,31 @@ def test_dockerfiles_build_binaries_of_the_workspace():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["operator"]["image"]["repository"] == "palisade-operator"
     assert values["enforcer"]["image"]["repository"] == "palisade-enforcer"
+
+
+def test_every_value_is_documented():
+    """Each key of values.yaml has a `# --` comment right above it (or above the comment
+    block it belongs to), as helm-docs and cert-manager's chart have them. A section's keys
+    are documented one by one; a documented map (resources, nodeSelector...) is a value."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    free_indent = None  # inside a documented map value: its children need no comment
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9.]*):(.*)$", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        if free_indent is not None:
+            if indent > free_indent:
+                continue
+            free_indent = None
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
+            j -= 1
+        documented = j >= 0 and lines[j].strip().startswith("# --")
+        section = m.group(3).strip() == ""
+        if documented and section:
+            free_indent = indent
+        elif not documented and not section:
+            undocumented.append(line.strip())
+    assert not undocumented, undocumented
