@@ -331,7 +331,8 @@ fn crd(
             }}},
         });
     }
-    let column = |name: &str, path: &str, ty: &str| json!({"name": name, "type": ty, "jsonPath": path});
+    let column =
+        |name: &str, path: &str, ty: &str| json!({"name": name, "type": ty, "jsonPath": path});
     let mut kind_col = column("Kind", ".scope.kind", "string");
     kind_col["priority"] = json!(1);
     let mut name_col = column("Name", ".scope.name", "string");

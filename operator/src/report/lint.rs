@@ -100,6 +100,39 @@ fn port_covers(outer: &PortMatch, inner: &PortMatch) -> bool {
     }
 }
 
+/// Whether peer `outer` matches every address `inner` matches. Only what holds whatever the
+/// cluster looks like: equal peers; pod peers with an equal (or empty) pod selector in the same
+/// namespaces (or in every namespace: an empty namespace selector); a CIDR without exceptions
+/// that contains the other.
+fn peer_covers(outer: &Peer, inner: &Peer) -> bool {
+    if outer == inner {
+        return true;
+    }
+    match (outer, inner) {
+        (
+            Peer::Pods {
+                namespaces: on,
+                pods: op,
+            },
+            Peer::Pods {
+                namespaces: inn,
+                pods: ip,
+            },
+        ) => {
+            let all_namespaces = matches!(on, NamespaceMatch::Selector(s) if s.is_empty());
+            (op.is_empty() || op == ip) && (all_namespaces || on == inn)
+        }
+        (
+            Peer::IpBlock {
+                cidr: oc,
+                except: oe,
+            },
+            Peer::IpBlock { cidr: ic, .. },
+        ) => oe.is_empty() && oc.contains(ic),
+        _ => false,
+    }
+}
+
 /// Whether every connection `inner` matches is also matched by `outer` (peers and ports).
 pub fn covers(outer: &Rule, inner: &Rule) -> bool {
     if has_unsupported(outer) || has_unsupported(inner) {
@@ -108,7 +141,7 @@ pub fn covers(outer: &Rule, inner: &Rule) -> bool {
     let peers = match (&outer.peers, &inner.peers) {
         (None, _) => true,
         (Some(_), None) => false,
-        (Some(o), Some(i)) => i.iter().all(|p| o.contains(p)),
+        (Some(o), Some(i)) => i.iter().all(|p| o.iter().any(|q| peer_covers(q, p))),
     };
     let ports = match (&outer.ports, &inner.ports) {
         (None, _) => true,

@@ -1,1 +1,709 @@
+//! Reports against a mocked API server: the exact requests and report bodies for each
+//! situation the issue names (ok, unsupported field, node failed, selects nothing, wide open,
+//! shadowed, unprotected pods), unchanged content (no write), the size cap, stale reports and
+//! CRD installation.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use palisade_crds::parse_objects;
+use serde_json::{json, Value};
+
+use super::build::{build, Inputs, NodeView};
+use super::kube::KubeWriter;
+use super::mirror::Mirror;
+use super::model::ReportSet;
 use super::*;
+use crate::hub::Realisation;
+use crate::source::{RejectedObject, Rejection};
+use crate::verifier::{self, ApiServerVerifier};
+
+/// 2026-01-01T00:00:00Z: the time every test writes at.
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600)
+}
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {team: a}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+status: {addresses: [{type: InternalIP, address: 10.0.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {nodeName: n1}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: prod, labels: {app: db}}
+spec: {nodeName: n2}
+status: {podIP: 10.1.0.2}
+"#;
+
+const WEB_ALLOW: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-allow, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: 80}]
+"#;
+
+fn mirror(yaml: &str) -> Mirror {
+    let mut m = Mirror::default();
+    for doc in parse_objects(yaml) {
+        match doc.result {
+            Ok(Some(object)) => m.apply(Event::Apply(object)),
+            Ok(None) => {}
+            Err(e) => panic!("fixture document {}: {e}", doc.document),
+        }
+    }
+    m.apply(Event::Synced);
+    m
+}
+
+/// Node `name` wants `desired` and its enforcer realised `realised` (with `errors`).
+fn node(desired: u64, realised: Option<(u64, &[&str])>) -> NodeView {
+    NodeView {
+        desired,
+        desired_since: now() - Duration::from_secs(30),
+        realised: realised.map(|(version, errors)| Realisation {
+            version,
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+            at: now(),
+        }),
+    }
+}
+
+fn realised_everywhere() -> BTreeMap<String, NodeView> {
+    [
+        ("n1".to_string(), node(3, Some((3, &[])))),
+        ("n2".to_string(), node(5, Some((5, &[])))),
+    ]
+    .into()
+}
+
+struct Case<'a> {
+    yaml: String,
+    nodes: BTreeMap<String, NodeView>,
+    rejected: Vec<RejectedObject>,
+    unprotected: bool,
+    max: usize,
+    denied: BTreeMap<String, u64>,
+    _p: std::marker::PhantomData<&'a ()>,
+}
+
+impl Case<'_> {
+    fn new(policies: &str) -> Self {
+        Case {
+            yaml: format!("{BASE}---\n{policies}"),
+            nodes: realised_everywhere(),
+            rejected: Vec::new(),
+            unprotected: true,
+            max: 1000,
+            denied: BTreeMap::new(),
+            _p: std::marker::PhantomData,
+        }
+    }
+
+    fn set(&self) -> ReportSet {
+        let engine = Engine::new(mirror(&self.yaml).cluster()).expect("engine");
+        let mut set = build(&Inputs {
+            engine: Ok(&engine),
+            nodes: &self.nodes,
+            rejected: &self.rejected,
+            denied: &self.denied,
+            unprotected_pods: self.unprotected,
+        });
+        set.finish(self.max);
+        set
+    }
+}
+
+const LIST_POLR: &str =
+    "/apis/wgpolicyk8s.io/v1alpha2/policyreports?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dpalisade";
+const LIST_CPOLR: &str =
+    "/apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dpalisade";
+const APPLY: &str = "?&force=true&fieldManager=palisade";
+
+fn polr_path(ns: &str) -> String {
+    format!("/apis/wgpolicyk8s.io/v1alpha2/namespaces/{ns}/policyreports/palisade{APPLY}")
+}
+
+fn cpolr_path() -> String {
+    format!("/apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports/palisade{APPLY}")
+}
+
+fn empty_list(kind: &str) -> Value {
+    json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": format!("{kind}List"), "metadata": {}, "items": []})
+}
+
+/// Answers the two LISTs of a writer's first sync with `existing` (PolicyReports) and no
+/// ClusterPolicyReport.
+async fn answer_lists(v: &mut ApiServerVerifier, existing: Vec<Value>) {
+    let (_, send) = v.expect("GET", LIST_POLR).await;
+    let mut list = empty_list("PolicyReport");
+    list["items"] = Value::Array(existing);
+    send.ok(&list);
+    let (_, send) = v.expect("GET", LIST_CPOLR).await;
+    send.ok(&empty_list("ClusterPolicyReport"));
+}
+
+/// Runs a first sync of `set` and returns the bodies of the applies, by path.
+async fn first_sync(set: ReportSet, max: usize) -> BTreeMap<String, Value> {
+    let (client, mut v) = verifier::client();
+    let scopes = set.reports.len();
+    let server = tokio::spawn(async move {
+        answer_lists(&mut v, Vec::new()).await;
+        let mut bodies = BTreeMap::new();
+        for _ in 0..scopes {
+            let (request, send) = v.next().await;
+            let path = request.uri().to_string();
+            assert_eq!(request.method().as_str(), "PATCH", "{path}");
+            assert_eq!(
+                request
+                    .headers()
+                    .get("content-type")
+                    .and_then(|h| h.to_str().ok()),
+                Some("application/apply-patch+yaml"),
+                "server-side apply"
+            );
+            let bytes = request.into_body().collect_bytes().await.expect("body");
+            let body: Value = serde_json::from_slice(&bytes).expect("json body");
+            send.ok(&body);
+            bodies.insert(path, body);
+        }
+        bodies
+    });
+    let mut writer = KubeWriter::new(client, ReportApi::Wgpolicyk8s, max);
+    let written = writer.sync(&set, now()).await.expect("sync");
+    assert_eq!(written.applied.len(), scopes);
+    server.await.expect("verifier")
+}
+
+fn results_of(body: &Value) -> Vec<Value> {
+    body["results"].as_array().cloned().unwrap_or_default()
+}
+
+/// The one result of `policy` in category `category` (panics when not exactly one).
+fn result<'a>(body: &'a Value, policy: &str, category: &str) -> Value {
+    let found: Vec<Value> = results_of(body)
+        .into_iter()
+        .filter(|r| r["policy"] == policy && r["category"] == category)
+        .collect();
+    assert_eq!(found.len(), 1, "{policy} {category} in {body:#}");
+    found[0].clone()
+}
+
+const TS: Value = Value::Null;
+
+fn ts() -> Value {
+    json!({"seconds": 1_767_225_600i64, "nanos": 0})
+}
+
+fn np_ref(name: &str) -> Value {
+    json!([{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "namespace": "prod", "name": name}])
+}
+
+#[tokio::test]
+async fn ok_exact_bodies() {
+    let bodies = first_sync(Case::new(WEB_ALLOW).set(), 1000).await;
+    let _ = TS;
+    assert_eq!(
+        bodies.get(&polr_path("prod")),
+        Some(&json!({
+            "apiVersion": "wgpolicyk8s.io/v1alpha2",
+            "kind": "PolicyReport",
+            "metadata": {
+                "name": "palisade",
+                "namespace": "prod",
+                "labels": {"app.kubernetes.io/managed-by": "palisade"}
+            },
+            "summary": {"pass": 1, "fail": 0, "warn": 1, "error": 0, "skip": 0},
+            "results": [
+                {
+                    "source": "palisade",
+                    "policy": "NetworkPolicy/web-allow",
+                    "category": "realisation",
+                    "severity": "info",
+                    "timestamp": ts(),
+                    "result": "pass",
+                    "scored": true,
+                    "resources": np_ref("web-allow"),
+                    "message": "realised on every node hosting a selected pod (n1)",
+                    "properties": {"nodes": "n1"}
+                },
+                {
+                    "source": "palisade",
+                    "policy": "palisade/unprotected-pods",
+                    "category": "unprotected-pods",
+                    "severity": "medium",
+                    "timestamp": ts(),
+                    "result": "warn",
+                    "scored": true,
+                    "resources": [{"apiVersion": "v1", "kind": "Pod", "namespace": "prod", "name": "db"}],
+                    "message": "1 of 2 pods are selected by no policy for ingress (any source may connect): db",
+                    "properties": {"pods": "1"}
+                }
+            ]
+        }))
+    );
+    assert_eq!(
+        bodies.get(&cpolr_path()),
+        Some(&json!({
+            "apiVersion": "wgpolicyk8s.io/v1alpha2",
+            "kind": "ClusterPolicyReport",
+            "metadata": {"name": "palisade", "labels": {"app.kubernetes.io/managed-by": "palisade"}},
+            "summary": {"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0},
+            "results": []
+        }))
+    );
+}
+
+#[tokio::test]
+async fn unsupported_field_fails_naming_the_field() {
+    let mut case = Case::new(
+        r#"
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: no-exfil}
+spec:
+  priority: 10
+  subject: {namespaces: {}}
+  egress:
+  - action: Deny
+    to: [{domainNames: ["evil.example.com"]}]
+"#,
+    );
+    case.rejected.push(RejectedObject {
+        rejection: Rejection::object(
+            palisade_crds::ObjectKey::Policy(palisade_policy::model::PolicyId {
+                kind: palisade_policy::model::PolicyKind::NetworkPolicy,
+                namespace: Some("prod".into()),
+                name: "typo".into(),
+            }),
+            Some("policies.yaml document 2 (line 9)".into()),
+            "NetworkPolicy prod/typo: unknown field spec.ingress[0].form",
+        ),
+        since: now(),
+    });
+    let bodies = first_sync(case.set(), 1000).await;
+    let cluster = &bodies[&cpolr_path()];
+    assert_eq!(
+        result(cluster, "AdminNetworkPolicy/no-exfil", "unsupported"),
+        json!({
+            "source": "palisade",
+            "policy": "AdminNetworkPolicy/no-exfil",
+            "rule": "egress[0]",
+            "category": "unsupported",
+            "severity": "high",
+            "timestamp": ts(),
+            "result": "fail",
+            "scored": true,
+            "resources": [{"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "name": "no-exfil"}],
+            "message": "spec.egress[0].to[0].domainNames cannot be enforced: enforced fail-closed (the rule denies all traffic in its direction)",
+            "properties": {"field": "spec.egress[0].to[0].domainNames"}
+        })
+    );
+    assert_eq!(cluster["summary"]["fail"], 1);
+    let prod = &bodies[&polr_path("prod")];
+    assert_eq!(
+        result(prod, "NetworkPolicy/typo", "unsupported"),
+        json!({
+            "source": "palisade",
+            "policy": "NetworkPolicy/typo",
+            "category": "unsupported",
+            "severity": "high",
+            "timestamp": ts(),
+            "result": "fail",
+            "scored": true,
+            "resources": np_ref("typo"),
+            "message": "rejected, not applied (an earlier accepted version stays in force, if any): NetworkPolicy prod/typo: unknown field spec.ingress[0].form",
+            "properties": {
+                "origin": "policies.yaml document 2 (line 9)",
+                "rejectedSince": "2026-01-01T00:00:00Z"
+            }
+        })
+    );
+}
+
+#[tokio::test]
+async fn node_failed_fails_naming_the_node_and_error_then_pending() {
+    let mut case = Case::new(WEB_ALLOW);
+    case.nodes.insert(
+        "n1".into(),
+        node(
+            4,
+            Some((
+                3,
+                &["version 4 not applied: iptables-restore: line 7 failed"],
+            )),
+        ),
+    );
+    let bodies = first_sync(case.set(), 1000).await;
+    let prod = &bodies[&polr_path("prod")];
+    assert_eq!(
+        result(prod, "NetworkPolicy/web-allow", "realisation"),
+        json!({
+            "source": "palisade",
+            "policy": "NetworkPolicy/web-allow",
+            "category": "realisation",
+            "severity": "high",
+            "timestamp": ts(),
+            "result": "fail",
+            "scored": true,
+            "resources": np_ref("web-allow"),
+            "message": "not realised on 1 of 1 nodes (the previous rules stay in force there): node n1: version 4 not applied: iptables-restore: line 7 failed",
+            "properties": {"failedNodes": "n1"}
+        })
+    );
+    // Behind without a failure: pending, with since when.
+    case.nodes.insert("n1".into(), node(4, Some((3, &[]))));
+    let set = case.set();
+    let f = set.reports[&model::Scope::Namespace("prod".into())]
+        .iter()
+        .find(|f| f.category == model::Category::Realisation)
+        .cloned()
+        .expect("realisation result");
+    assert_eq!(f.result, palisade_crds::reports::ResultKind::Skip);
+    assert_eq!(
+        f.properties.get("pendingSince").map(String::as_str),
+        Some("2025-12-31T23:59:30Z")
+    );
+}
+
+#[tokio::test]
+async fn selects_nothing_warns() {
+    let case = Case::new(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: ghost, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: nothing}}
+  ingress: []
+"#,
+    );
+    let bodies = first_sync(case.set(), 1000).await;
+    assert_eq!(
+        result(&bodies[&polr_path("prod")], "NetworkPolicy/ghost", "lint"),
+        json!({
+            "source": "palisade",
+            "policy": "NetworkPolicy/ghost",
+            "category": "lint",
+            "severity": "medium",
+            "timestamp": ts(),
+            "result": "warn",
+            "scored": true,
+            "resources": np_ref("ghost"),
+            "message": "selects no pods: it enforces nothing"
+        })
+    );
+}
+
+#[tokio::test]
+async fn wide_open_rules_warn() {
+    let case = Case::new(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: open, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - {}
+  egress:
+  - to: [{ipBlock: {cidr: 0.0.0.0/0}}]
+"#,
+    );
+    let bodies = first_sync(case.set(), 1000).await;
+    let prod = &bodies[&polr_path("prod")];
+    let lints: Vec<(Value, Value)> = results_of(prod)
+        .into_iter()
+        .filter(|r| r["policy"] == "NetworkPolicy/open" && r["category"] == "lint")
+        .map(|r| (r["rule"].clone(), r["message"].clone()))
+        .collect();
+    assert_eq!(
+        lints,
+        [
+            (
+                json!("egress[0]"),
+                json!("wide open: 0.0.0.0/0: open to the internet")
+            ),
+            (
+                json!("ingress[0]"),
+                json!("wide open: allows every source (the rule has no from): open to the whole cluster and the internet")
+            ),
+        ]
+    );
+    assert_eq!(
+        prod["summary"]["warn"], 3,
+        "two lints and the unprotected pod db"
+    );
+}
+
+#[tokio::test]
+async fn shadowed_rule_warns_naming_the_higher_tier_rule() {
+    let case = Case::new(&format!(
+        r#"{WEB_ALLOW}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {{name: lockdown}}
+spec:
+  priority: 10
+  subject: {{namespaces: {{}}}}
+  ingress:
+  - action: Deny
+    from: [{{namespaces: {{}}}}]
+"#
+    ));
+    let bodies = first_sync(case.set(), 1000).await;
+    let prod = &bodies[&polr_path("prod")];
+    assert_eq!(
+        result(prod, "NetworkPolicy/web-allow", "lint"),
+        json!({
+            "source": "palisade",
+            "policy": "NetworkPolicy/web-allow",
+            "rule": "ingress[0]",
+            "category": "lint",
+            "severity": "medium",
+            "timestamp": ts(),
+            "result": "warn",
+            "scored": true,
+            "resources": np_ref("web-allow"),
+            "message": "shadowed: never decides anything, AdminNetworkPolicy lockdown ingress[0] (Deny) in tier admin decides every connection it matches first",
+            "properties": {"shadowedBy": "AdminNetworkPolicy lockdown ingress[0]"}
+        })
+    );
+    // A Pass rule before the Deny could send connections on: then nothing is reported.
+    let case = Case::new(&format!(
+        r#"{WEB_ALLOW}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {{name: lockdown}}
+spec:
+  priority: 10
+  subject: {{namespaces: {{}}}}
+  ingress:
+  - action: Pass
+    from: [{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: db}}}}}}}}]
+  - action: Deny
+    from: [{{namespaces: {{}}}}]
+"#
+    ));
+    let set = case.set();
+    assert!(
+        !set.reports[&model::Scope::Namespace("prod".into())]
+            .iter()
+            .any(|f| f.category == model::Category::Lint),
+        "{set:#?}"
+    );
+}
+
+#[tokio::test]
+async fn unprotected_pods_listed_or_switched_off() {
+    let bodies = first_sync(Case::new("").set(), 1000).await;
+    let prod = &bodies[&polr_path("prod")];
+    assert_eq!(
+        result(prod, "palisade/unprotected-pods", "unprotected-pods")["message"],
+        "2 of 2 pods are selected by no policy for ingress (any source may connect): db, web"
+    );
+    let mut case = Case::new("");
+    case.unprotected = false;
+    let set = case.set();
+    assert!(set.reports[&model::Scope::Namespace("prod".into())].is_empty());
+}
+
+#[tokio::test]
+async fn denied_counts_are_properties() {
+    let mut case = Case::new(WEB_ALLOW);
+    case.denied
+        .insert("NetworkPolicy prod/web-allow".into(), 42);
+    let set = case.set();
+    let f = set.reports[&model::Scope::Namespace("prod".into())]
+        .iter()
+        .find(|f| f.category == model::Category::Realisation)
+        .cloned()
+        .expect("realisation");
+    assert_eq!(
+        f.properties.get("deniedLastHour").map(String::as_str),
+        Some("42")
+    );
+}
+
+#[tokio::test]
+async fn unchanged_content_is_not_written_again_and_stale_reports_are_deleted() {
+    let (client, mut v) = verifier::client();
+    let set = Case::new(WEB_ALLOW).set();
+    // The API server already holds the prod report as this content wrote it an hour ago,
+    // and a report for a namespace that is gone.
+    let (mut results, summary) = model::results(
+        &set.reports[&model::Scope::Namespace("prod".into())],
+        now() - Duration::from_secs(3600),
+    );
+    let old = json!({
+        "apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
+        "metadata": {"name": "palisade", "namespace": "prod", "labels": {"app.kubernetes.io/managed-by": "palisade"}},
+        "summary": summary, "results": results.drain(..).collect::<Vec<_>>()
+    });
+    let gone = json!({
+        "apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
+        "metadata": {"name": "palisade", "namespace": "gone", "labels": {"app.kubernetes.io/managed-by": "palisade"}},
+        "summary": {}, "results": []
+    });
+    let server = tokio::spawn(async move {
+        answer_lists(&mut v, vec![old, gone]).await;
+        // Only the cluster report (not listed) is written; prod is unchanged.
+        let (body, send) = v.expect("PATCH", &cpolr_path()).await;
+        send.ok(&body);
+        let (_, send) = v
+            .expect(
+                "DELETE",
+                "/apis/wgpolicyk8s.io/v1alpha2/namespaces/gone/policyreports/palisade?",
+            )
+            .await;
+        send.ok(
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        );
+        v
+    });
+    let mut writer = KubeWriter::new(client, ReportApi::Wgpolicyk8s, 1000);
+    let written = writer.sync(&set, now()).await.expect("sync");
+    assert_eq!(written.applied, ["ClusterPolicyReport palisade"]);
+    assert_eq!(written.deleted, ["PolicyReport gone/palisade"]);
+    let _v = server.await.expect("verifier");
+    // Later, same content: no request at all (a request would wait for an answer forever).
+    let again = tokio::time::timeout(
+        Duration::from_secs(2),
+        writer.sync(&set, now() + Duration::from_secs(60)),
+    )
+    .await
+    .expect("no request made")
+    .expect("sync");
+    assert_eq!(again, Default::default());
+}
+
+#[tokio::test]
+async fn size_cap_replaces_the_rest_with_one_result() {
+    let policies: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p{i}, namespace: prod}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress: []\n"
+            )
+        })
+        .collect();
+    let mut case = Case::new(&policies.join("---\n"));
+    case.max = 4;
+    let bodies = first_sync(case.set(), 4).await;
+    let prod = &bodies[&polr_path("prod")];
+    let results = results_of(prod);
+    assert_eq!(results.len(), 4);
+    // The warn about db stays; three of the six passes stay; the note says how many went.
+    let note = result(prod, "palisade/report", "report");
+    assert_eq!(
+        note["message"],
+        "4 more results left out (at most 4 per report): 4 pass"
+    );
+    assert_eq!(note["result"], "warn");
+    assert_eq!(
+        prod["summary"],
+        json!({"pass": 2, "fail": 0, "warn": 2, "error": 0, "skip": 0})
+    );
+}
+
+#[tokio::test]
+async fn crds_are_installed_only_when_absent() {
+    let (client, mut v) = verifier::client();
+    let server = tokio::spawn(async move {
+        let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+        // PolicyReport's CRD is there (another tool's): left alone.
+        let (_, send) = v
+            .expect("GET", &format!("{crds}/policyreports.wgpolicyk8s.io"))
+            .await;
+        send.ok(&json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "policyreports.wgpolicyk8s.io"},
+            "spec": {"group": "wgpolicyk8s.io", "names": {"kind": "PolicyReport", "plural": "policyreports"}, "scope": "Namespaced", "versions": []}
+        }));
+        let (_, send) = v
+            .expect(
+                "GET",
+                &format!("{crds}/clusterpolicyreports.wgpolicyk8s.io"),
+            )
+            .await;
+        send.status(404, "NotFound");
+        let (body, send) = v.expect("POST", &format!("{crds}?")).await;
+        assert_eq!(
+            body["metadata"]["name"],
+            "clusterpolicyreports.wgpolicyk8s.io"
+        );
+        assert_eq!(
+            body["spec"]["versions"][0]["additionalPrinterColumns"][2]["jsonPath"],
+            ".summary.pass"
+        );
+        send.json(201, &body);
+    });
+    let writer = KubeWriter::new(client, ReportApi::Wgpolicyk8s, 1000);
+    let created = writer.install_crds().await.expect("install");
+    assert_eq!(created, ["clusterpolicyreports.wgpolicyk8s.io"]);
+    server.await.expect("verifier");
+}
+
+#[test]
+fn report_api_setting() {
+    assert_eq!("both".parse(), Ok(ReportApi::Both));
+    assert_eq!("openreports".parse(), Ok(ReportApi::Openreports));
+    assert!("kyverno".parse::<ReportApi>().is_err());
+    assert!(ReportApi::Wgpolicyk8s.includes("wgpolicyk8s.io"));
+    assert!(!ReportApi::Wgpolicyk8s.includes("openreports.io"));
+}
+
+#[test]
+fn directory_writer_writes_changed_files_and_removes_stale_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = dir::DirWriter::new(dir.path().to_path_buf(), ReportApi::Both, 1000);
+    let set = Case::new(WEB_ALLOW).set();
+    let first = writer.sync(&set, now()).expect("sync");
+    assert_eq!(first.applied.len(), 4, "{first:?}");
+    let text = std::fs::read_to_string(dir.path().join("policyreport.prod.yaml")).expect("file");
+    assert!(text.contains("kind: PolicyReport"), "{text}");
+    assert!(text.contains("result: pass"), "{text}");
+    // Same content later: nothing rewritten, also by a fresh writer (after a restart).
+    assert_eq!(
+        writer
+            .sync(&set, now() + Duration::from_secs(5))
+            .expect("sync"),
+        Default::default()
+    );
+    let mut fresh = dir::DirWriter::new(dir.path().to_path_buf(), ReportApi::Both, 1000);
+    assert_eq!(
+        fresh
+            .sync(&set, now() + Duration::from_secs(9))
+            .expect("sync"),
+        Default::default()
+    );
+    // The namespace's pods and policies go: its files go.
+    let empty = ReportSet {
+        reports: [(model::Scope::Cluster, Vec::new())].into(),
+    };
+    let last = fresh.sync(&empty, now()).expect("sync");
+    assert_eq!(last.deleted.len(), 2, "{last:?}");
+    assert!(!dir.path().join("policyreport.prod.yaml").exists());
+    assert!(dir.path().join("clusterpolicyreport.yaml").exists());
+}
