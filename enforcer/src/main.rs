@@ -7,14 +7,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use palisade_enforcer::audit::{Attribution, AuditConfig, Capture};
 use palisade_enforcer::stream::{run_agent, AgentConfig, Applier};
 use palisade_enforcer::{
-    cleanup, render, ApplyOptions, ApplyReport, Backend, Enforcer, NodeRuleSet, RenderOptions,
+    cleanup, render, ApplyOptions, ApplyReport, AuditRules, Backend, Enforcer, NodeRuleSet,
+    RenderOptions,
 };
 use palisade_wire::RuleError;
 use serde_json::json;
@@ -32,6 +34,33 @@ enum BackendArg {
     Legacy,
 }
 
+/// What the rules log for the audit log.
+#[derive(clap::Args, Clone, Copy)]
+struct AuditRuleArgs {
+    /// Render no logging rules (and, for `agent`, capture nothing).
+    #[arg(long)]
+    no_audit: bool,
+    /// The NFLOG group the rules log to and the agent reads.
+    #[arg(long, default_value_t = palisade_enforcer::render::DEFAULT_NFLOG_GROUP)]
+    nflog_group: u16,
+    /// Denied packets logged per second and source address...
+    #[arg(long, default_value_t = 10)]
+    audit_deny_rate: u32,
+    /// ...after a burst of this many.
+    #[arg(long, default_value_t = 20)]
+    audit_deny_burst: u32,
+}
+
+impl AuditRuleArgs {
+    fn rules(&self) -> Option<AuditRules> {
+        (!self.no_audit).then_some(AuditRules {
+            group: self.nflog_group,
+            deny_per_sec: self.audit_deny_rate.max(1),
+            deny_burst: self.audit_deny_burst.max(1),
+        })
+    }
+}
+
 #[derive(clap::Args)]
 struct ApplyArgs {
     /// The node's compiled rule set (JSON NodeRuleSet).
@@ -46,6 +75,8 @@ struct ApplyArgs {
     /// iptables backend (default: detected like kube-proxy, nft on a tie).
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
+    #[command(flatten)]
+    audit: AuditRuleArgs,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +121,20 @@ struct AgentArgs {
     no_revoke: bool,
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
+    #[command(flatten)]
+    audit: AuditRuleArgs,
+    /// Aggregation window of the audit capture: identical decisions inside it are
+    /// sent as one record with a count.
+    #[arg(long, default_value_t = 2000)]
+    audit_window_ms: u64,
+    /// Where decision batches wait for the operator's acknowledgement (default:
+    /// `audit-NODE` next to the state file).
+    #[arg(long)]
+    audit_spool_dir: Option<PathBuf>,
+    /// Size bound of the spool; when full, the oldest batches are dropped and a
+    /// gap is recorded.
+    #[arg(long, default_value_t = 64 << 20)]
+    audit_spool_max_bytes: u64,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +168,8 @@ enum Cmd {
         state: PathBuf,
         #[arg(long)]
         reject: bool,
+        #[command(flatten)]
+        audit: AuditRuleArgs,
     },
 }
 
@@ -150,13 +197,17 @@ fn main() -> Result<()> {
             let report = cleanup().context("cleanup failed")?;
             emit(json!({"cleaned_up": report}));
         }
-        Cmd::Render { state, reject } => {
+        Cmd::Render {
+            state,
+            reject,
+            audit,
+        } => {
             let state = read_state(&state)?;
             let rendered = render(
                 &state,
                 &RenderOptions {
                     reject,
-                    ..RenderOptions::default()
+                    audit: audit.rules(),
                 },
             )?;
             print!("{}", rendered.scripts());
@@ -172,14 +223,24 @@ fn main() -> Result<()> {
 }
 
 fn enforcer(args: &ApplyArgs) -> Enforcer {
-    make_enforcer(args.reject, args.no_revoke, args.backend)
+    make_enforcer(
+        args.reject,
+        args.no_revoke,
+        args.backend,
+        args.audit.rules(),
+    )
 }
 
-fn make_enforcer(reject: bool, no_revoke: bool, backend: Option<BackendArg>) -> Enforcer {
+fn make_enforcer(
+    reject: bool,
+    no_revoke: bool,
+    backend: Option<BackendArg>,
+    audit: Option<AuditRules>,
+) -> Enforcer {
     let opts = ApplyOptions {
         reject,
         revoke: !no_revoke,
-        ..ApplyOptions::default()
+        audit,
     };
     match backend {
         Some(BackendArg::Nft) => Enforcer::with_backend(Backend::Nft, opts),
@@ -288,12 +349,22 @@ fn run(args: &ApplyArgs, cleanup_on_exit: bool, hook_check: Duration) -> Result<
 struct KernelApplier {
     enforcer: Enforcer,
     applied: bool,
+    /// The audit capture's view of the rules in force.
+    attribution: Option<Arc<Mutex<Attribution>>>,
 }
 
 impl Applier for KernelApplier {
     fn apply(&mut self, state: &NodeRuleSet) -> Result<Vec<RuleError>, String> {
         let report = self.enforcer.apply(state).map_err(|e| e.to_string())?;
         self.applied = true;
+        if let Some(attribution) = &self.attribution {
+            let (ids, rs) = self.enforcer.attribution();
+            let pods = rs.map(|rs| rs.pods.as_slice()).unwrap_or_default();
+            attribution
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(ids, pods, Instant::now());
+        }
         emit_report(&report);
         Ok(report
             .issues
@@ -337,13 +408,56 @@ fn agent(args: AgentArgs) -> Result<()> {
     config.keepalive = Duration::from_millis(args.keepalive_ms.max(100));
     config.keepalive_timeout = Duration::from_millis(args.keepalive_ms.max(100) / 2);
     config.check_interval = Duration::from_millis(args.hook_check_ms.max(100));
-    let enforcer = make_enforcer(args.reject, args.no_revoke, args.backend);
+    let enforcer = make_enforcer(
+        args.reject,
+        args.no_revoke,
+        args.backend,
+        args.audit.rules(),
+    );
     emit(
         json!({"started": true, "backend": enforcer.backend(), "node": args.node, "operator": args.operator}),
     );
+    let emitter: palisade_enforcer::stream::Emit = std::sync::Arc::new(emit);
+    let capture = match args.audit.rules() {
+        None => None,
+        Some(rules) => {
+            let spool_dir = args.audit_spool_dir.clone().unwrap_or_else(|| {
+                config
+                    .state_file
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(format!("audit-{}", args.node))
+            });
+            let audit = AuditConfig {
+                group: rules.group,
+                window: Duration::from_millis(args.audit_window_ms.max(10)),
+                spool_dir,
+                spool_max_bytes: args.audit_spool_max_bytes,
+                keep_previous: Duration::from_secs(30),
+            };
+            // Enforcement does not depend on the audit log: without a capture the
+            // rules still decide, and the error says what is not recorded.
+            match Capture::start(&audit, &args.node, Arc::clone(&emitter)) {
+                Ok(c) => {
+                    emit(
+                        json!({"audit": {"group": audit.group, "source": c.spool.source(), "spool": audit.spool_dir}}),
+                    );
+                    Some(c)
+                }
+                Err(e) => {
+                    emit(
+                        json!({"error": format!("audit capture off, decisions are not recorded: {e}")}),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    config.audit = capture.as_ref().map(|c| Arc::clone(&c.spool));
     let applier = KernelApplier {
         enforcer,
         applied: false,
+        attribution: capture.as_ref().map(|c| Arc::clone(&c.attribution)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -363,11 +477,16 @@ fn agent(args: AgentArgs) -> Result<()> {
             }
             stop_tx.send_replace(true);
         });
-        let emitter: palisade_enforcer::stream::Emit = std::sync::Arc::new(emit);
         run_agent(config, applier, emitter, stop_rx)
             .await
             .context("agent failed")
     })?;
+    if let Some(capture) = capture {
+        // The window in progress is spooled (sent after the next start).
+        let counters = capture.counters();
+        capture.stop();
+        emit(json!({"audit_stopped": counters}));
+    }
     emit(json!({"stopped": true}));
     Ok(())
 }

@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+use crate::audit::Spool;
+
 /// Applies rule sets (the kernel in production, a recorder in tests). Called on a
 /// blocking thread, one call at a time.
 pub trait Applier: Send + 'static {
@@ -69,6 +71,8 @@ pub struct AgentConfig {
     pub keepalive_timeout: Duration,
     /// How often to check that the applied rules are still in place.
     pub check_interval: Duration,
+    /// The audit spool whose batches go to the operator (`None`: audit off).
+    pub audit: Option<Arc<Spool>>,
 }
 
 impl AgentConfig {
@@ -86,6 +90,7 @@ impl AgentConfig {
             keepalive: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             check_interval: Duration::from_secs(5),
+            audit: None,
         }
     }
 }
@@ -514,6 +519,15 @@ async fn session<A: Applier>(
     // Reports from before this stream are not resent: the hello told the operator
     // what is in force.
     report_rx.borrow_and_update();
+    // Decision batches: everything not acknowledged goes again, in order (the
+    // operator stores each (source, seq) once).
+    let spool = config.audit.clone();
+    let mut sent = spool.as_ref().map_or(0, |s| s.acked());
+    if let Some(spool) = &spool {
+        if let Err(reason) = send_batches(spool, &mut sent, &out_tx).await {
+            return Ended::Unserved(reason);
+        }
+    }
     let mut served = false;
     let end = |served: bool, reason: String| {
         if served {
@@ -562,12 +576,24 @@ async fn session<A: Applier>(
                         return end(served, "stream closed".to_string());
                     }
                 }
-                Ok(Some(ServerMessage::DecisionsAck { .. })) => {
-                    // TODO(audit): release spooled batches up to seq.
+                Ok(Some(ServerMessage::DecisionsAck { seq })) => {
+                    served = true;
+                    if let Some(spool) = &spool {
+                        if let Err(e) = spool.ack(seq) {
+                            (shared.emit)(json!({"error": format!("releasing acknowledged decisions: {e}")}));
+                        }
+                    }
                 }
                 Ok(None) => return end(served, "the operator closed the stream".to_string()),
                 Err(status) => return end(served, describe(&status)),
             },
+            () = appended(spool.as_deref()) => {
+                if let Some(spool) = &spool {
+                    if let Err(reason) = send_batches(spool, &mut sent, &out_tx).await {
+                        return end(served, reason);
+                    }
+                }
+            }
             changed = report_rx.changed() => {
                 if changed.is_err() {
                     return end(served, "agent stopping".to_string());
@@ -581,6 +607,37 @@ async fn session<A: Applier>(
             }
         }
     }
+}
+
+/// Resolves when the spool has a new batch (never without a spool).
+async fn appended(spool: Option<&Spool>) {
+    match spool {
+        Some(s) => s.appended().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the spooled batches after `sent`, in order.
+async fn send_batches(
+    spool: &Spool,
+    sent: &mut u64,
+    out: &mpsc::Sender<ClientMessage>,
+) -> Result<(), String> {
+    // Bounded: at most what is spooled now (the spool is bounded).
+    let (pending, _) = spool.pending();
+    for _ in 0..pending {
+        let batch = match spool.next_after(*sent) {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => return Err(format!("reading the audit spool: {e}")),
+        };
+        let seq = batch.seq;
+        out.send(ClientMessage::Decisions(batch))
+            .await
+            .map_err(|_| "stream closed".to_string())?;
+        *sent = seq;
+    }
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
