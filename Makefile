@@ -33,8 +33,9 @@ deps:
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(PYTHON) -m pytest -q -p no:cacheprovider charts/tests
 	$(CARGO) build --workspace --bins
+	# after the build: the chart's test runs the binaries' argument parsers on what it renders
+	$(PYTHON) -m pytest -q -p no:cacheprovider charts/tests
 	$(CARGO) test --workspace
 	$(CARGO) run -q -p palisade-cli --bin palisade -- test e2e/scenarios/
 	$(CARGO) run -q -p e2e -- run --sctp-raw e2e/scenarios/

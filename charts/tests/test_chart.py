@@ -9,6 +9,8 @@ Run: python3 -m pytest -q charts/tests   (`make test` does)
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
 import json
 import re
 from collections import Counter
@@ -549,3 +551,41 @@ def test_every_value_is_documented():
         elif not documented and not section:
             undocumented.append(line.strip())
     assert not undocumented, undocumented
+
+
+BIN_DIR = Path(os.environ.get("PALISADE_BIN_DIR", REPO / "target" / "debug"))
+
+
+def binary(name: str) -> Path:
+    path = BIN_DIR / name
+    assert path.exists(), f"{path} is missing: run `cargo build --workspace --bins` first (or set PALISADE_BIN_DIR)"
+    return path
+
+
+def parses(argv: list[str]) -> None:
+    """The binary's own command-line parser accepts `argv`: each argument is parsed in order
+    (an unknown flag or a bad value fails at once), then the trailing --help stops it before
+    it does anything."""
+    result = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, f"{' '.join(argv)}\n{result.stderr}"
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS) + ["enforcer-options"])
+def test_the_binaries_accept_the_rendered_arguments(chart, case):
+    values = VALUE_SETS[case][0] if case in VALUE_SETS else {"enforcer": {"backend": "nft", "reject": True, "revoke": False}}
+    objects = render(chart, values)
+    operator = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    parses([str(binary("palisade-operator"))] + operator["args"])
+    enforcer = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    parses([str(binary("palisade-enforcer"))] + enforcer["args"])
+    jobs = [o for o in objects if o["kind"] == "Job"]
+    for job in jobs:
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        parses([str(binary(c["command"][0]))] + c["args"])
+
+
+def test_the_argument_check_catches_an_unknown_flag():
+    with pytest.raises(AssertionError):
+        parses([str(binary("palisade-operator")), "--source=kubernetes", "--no-such-flag=1"])
+    with pytest.raises(AssertionError):
+        parses([str(binary("palisade-enforcer")), "agent", "--backend=ebpf"])
