@@ -5,6 +5,7 @@
 //! only reads files and prints.
 
 mod explain;
+mod report;
 mod test;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ enum Command {
     },
     /// Show the verdict on one connection of a scenario, with the whole path of the decision.
     Explain(explain::Args),
+    /// Show a namespace's (or the cluster's) policy report: what is enforced, where, and
+    /// what is not.
+    Report(report::Args),
 }
 
 /// Runs the command line; the exit code follows the scenario-format contract
@@ -49,5 +53,6 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Test { paths, output } => test::run(&paths, output),
         Command::Explain(args) => explain::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }
