@@ -263,9 +263,8 @@ pub async fn run(
     report.cleaned.sort();
 
     // Failed pods stay for their logs; the others go.
-    for i in 0..targets.len() {
+    for (i, node) in targets.iter().enumerate() {
         let name = format!("{ds_name}-cleanup-{i}");
-        let node = &targets[i];
         if report.failed.contains_key(node) {
             continue;
         }
