@@ -87,6 +87,8 @@ pub struct Config {
     pub stream: Option<crate::stream::StreamSettings>,
     /// Policy reports (operator/src/report).
     pub report: crate::report::ReportSettings,
+    /// The audit log (operator/src/audit).
+    pub audit: crate::audit::AuditSettings,
 }
 
 impl Config {
@@ -100,6 +102,7 @@ impl Config {
             lease: LeaseSettings::default(),
             stream: None,
             report: crate::report::ReportSettings::default(),
+            audit: crate::audit::AuditSettings::default(),
         }
     }
 }
@@ -122,6 +125,8 @@ pub enum RunError {
     Task(#[from] tokio::task::JoinError),
     #[error("enforcer stream: {0}")]
     Stream(#[from] crate::stream::StreamError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditStartError),
 }
 
 /// The shared parts of a running operator, for the parts that serve from it.
@@ -199,12 +204,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     };
 
     let (events_tx, events_rx) = mpsc::channel(1024);
+    let pod_ips = crate::audit::PodIps::new();
     let reconciler = Reconciler::new(
         hub.clone(),
         metrics.clone(),
         status.clone(),
         config.debounce,
-    );
+    )
+    .with_pod_ips(pod_ips.clone())
+    .with_audit_default(config.audit.default_mode.rule_set_default());
+    // The audit log: decision batches from the streams, retention, the query API.
+    let audit = match &config.audit.database {
+        Some(database) => {
+            let audit_metrics = crate::audit::AuditMetrics::new();
+            metrics.register(|registry| audit_metrics.register(registry));
+            let certificate = config
+                .stream
+                .as_ref()
+                .map(|s| (s.cert.as_path(), s.key.as_path()));
+            info!(database = %palisade_audit::redact(database), default = config.audit.default_mode.as_str(), "audit log");
+            Some(
+                crate::audit::start(
+                    &config.audit,
+                    database,
+                    hub.clone(),
+                    pod_ips.clone(),
+                    audit_metrics,
+                    client.clone(),
+                    certificate,
+                    shutdown.clone(),
+                )
+                .await?,
+            )
+        }
+        None => {
+            tracing::warn!("no audit database: decision batches are not stored");
+            None
+        }
+    };
+    let denied: Arc<dyn crate::report::DeniedCounts> = match &audit {
+        Some(a) => Arc::new(crate::audit::DeniedFromAudit(a.store.clone())),
+        None => Arc::new(crate::report::NoAudit),
+    };
     let reconcile_task = tokio::spawn(reconciler.run(events_rx));
     // Policy reports read a copy of the source's events (a tee in front of reconcile).
     let (events_tx, report_task) = crate::report::start(
@@ -212,7 +253,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         hub.clone(),
         status.clone(),
         client.clone(),
-        Arc::new(crate::report::NoAudit),
+        denied,
         events_tx,
     );
     let mut source_task = tokio::spawn(source.run(events_tx));
@@ -233,6 +274,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 shared.hub.clone(),
                 shared.client.clone(),
                 stream_metrics,
+                audit.as_ref().map(|a| a.ingest.clone()),
                 shared.shutdown.clone().cancelled_owned(),
             )
             .await?
@@ -278,6 +320,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     reconcile_task.abort();
     if let Some(task) = report_task {
         task.abort();
+    }
+    if let Some(audit) = audit {
+        // The ingest ends on shutdown (what it had not committed is resent by the
+        // enforcers to the next leader).
+        for task in audit.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        if let Some(api) = audit.api {
+            let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+        }
     }
     if let Some(task) = tnp_status_task {
         task.abort();

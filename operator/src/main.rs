@@ -98,6 +98,10 @@ struct Cli {
     #[command(flatten)]
     report: palisade_operator::report::ReportArgs,
 
+    /// The audit log (--audit-*).
+    #[command(flatten)]
+    audit: palisade_operator::audit::AuditArgs,
+
     /// Issue the stream's certificate and keep it renewed in this Secret of the pod's
     /// namespace ($POD_NAMESPACE), writing it to --stream-cert / --stream-key (the Helm
     /// chart's default; without it the files come from elsewhere, e.g. cert-manager).
@@ -173,6 +177,7 @@ impl Cli {
             _ => None,
         };
         config.report = self.report.settings();
+        config.audit = self.audit.settings();
         config
     }
 }

@@ -59,6 +59,12 @@ pub struct Reconciler {
     counts: BTreeMap<&'static str, usize>,
     rejected_kinds: BTreeSet<String>,
     source_synced: bool,
+    /// Address → pod for the audit log, republished on commits after pods changed.
+    pod_ips: Option<crate::audit::PodIps>,
+    pods_changed: bool,
+    /// `--audit-default` when it is not `all` (the rule sets' own default, left unset so
+    /// their digest is the engine's).
+    audit_default: Option<palisade_policy::model::AuditMode>,
 }
 
 impl Reconciler {
@@ -78,7 +84,23 @@ impl Reconciler {
             counts: BTreeMap::new(),
             rejected_kinds: BTreeSet::new(),
             source_synced: false,
+            pod_ips: None,
+            pods_changed: false,
+            audit_default: None,
         }
+    }
+
+    /// Sets the audit default of every published rule set (`None`: all decisions).
+    pub fn with_audit_default(mut self, mode: Option<palisade_policy::model::AuditMode>) -> Self {
+        self.audit_default = mode;
+        self
+    }
+
+    /// Publishes pod addresses into `pod_ips` on every commit after pods changed.
+    pub fn with_pod_ips(mut self, pod_ips: crate::audit::PodIps) -> Self {
+        self.pod_ips = Some(pod_ips);
+        self.pods_changed = true;
+        self
     }
 
     /// The index (for tests and benchmarks).
@@ -88,6 +110,13 @@ impl Reconciler {
 
     /// Applies one event to the index. Returns whether the index may have changed.
     pub fn apply(&mut self, event: Event) -> bool {
+        // Anything but another kind's change may move a pod address.
+        let other_kind = match &event {
+            Event::Apply(o) => !matches!(o, ClusterObject::Pod(_)),
+            Event::Delete(k) => !matches!(k, ObjectKey::Pod { .. }),
+            _ => false,
+        };
+        self.pods_changed |= !other_kind;
         match event {
             Event::Apply(object) => {
                 let key = object.key();
@@ -213,9 +242,21 @@ impl Reconciler {
                 span.record("nodes_changed", n);
                 self.metrics.commit(took, n);
                 self.status.record_commit(took, n);
+                if let (Some(ips), true) = (&self.pod_ips, self.pods_changed) {
+                    if let Some(cluster) = self.index.cluster() {
+                        ips.publish(&cluster.pods);
+                        self.pods_changed = false;
+                    }
+                }
                 if n > 0 {
                     debug!(nodes = n, took_ms = took.as_secs_f64() * 1e3, "published");
-                    self.hub.publish(changed);
+                    match self.audit_default {
+                        None => self.hub.publish(changed),
+                        Some(mode) => self.hub.publish(changed.into_iter().map(|mut state| {
+                            Arc::make_mut(&mut state).audit_default = Some(mode);
+                            state
+                        })),
+                    }
                 }
                 self.hub.retain_nodes(&self.index.node_names());
                 if !self.status.is_synced() {

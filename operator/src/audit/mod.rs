@@ -18,6 +18,7 @@
 
 pub mod access;
 pub mod api;
+pub mod args;
 pub mod ingest;
 pub mod metrics;
 pub mod pod_ips;
@@ -27,6 +28,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use args::AuditArgs;
 pub use ingest::{Backoff, Ingest, IngestTask, StoreSlot};
 pub use metrics::AuditMetrics;
 use palisade_audit::Retention;
@@ -61,6 +63,15 @@ impl FromStr for AuditMode {
 }
 
 impl AuditMode {
+    /// What the published rule sets carry: `None` for `all` (their own default).
+    pub fn rule_set_default(self) -> Option<palisade_policy::model::AuditMode> {
+        match self {
+            AuditMode::All => None,
+            AuditMode::Deny => Some(palisade_policy::model::AuditMode::Deny),
+            AuditMode::None => Some(palisade_policy::model::AuditMode::None),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuditMode::All => "all",
@@ -96,4 +107,97 @@ impl Default for AuditSettings {
             backoff: Backoff::default(),
         }
     }
+}
+
+/// The reports' "denied in the last hour" per policy, read from the audit log (no counts
+/// while the database is not open here).
+pub struct DeniedFromAudit(pub StoreSlot);
+
+impl crate::report::DeniedCounts for DeniedFromAudit {
+    fn denied_last_hour(
+        &self,
+    ) -> futures::future::BoxFuture<'_, std::collections::BTreeMap<String, u64>> {
+        Box::pin(async move {
+            let mut out = std::collections::BTreeMap::new();
+            let Some(store) = self.0.borrow().clone() else {
+                return out;
+            };
+            let since = palisade_audit::now_ms() - 3_600_000;
+            match store.denied_counts_since(since).await {
+                Ok(counts) => {
+                    for c in counts {
+                        *out.entry(c.policy).or_default() += u64::try_from(c.count).unwrap_or(0);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "audit log: denied counts for reports"),
+            }
+            out
+        })
+    }
+}
+
+/// The audit log's running parts.
+pub struct Running {
+    pub ingest: Ingest,
+    pub store: StoreSlot,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The query API's server, when it listens.
+    pub api: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Why the audit log cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditStartError {
+    #[error("--audit-api-listen needs the Kubernetes API (TokenReview, SubjectAccessReview)")]
+    ApiWithoutCluster,
+    #[error("--audit-api-listen needs the stream's certificate (--stream-cert, --stream-key)")]
+    ApiWithoutCertificate,
+    #[error("audit query API: {0}")]
+    Api(#[from] crate::stream::StreamError),
+}
+
+/// Starts the ingest, retention and (when asked) the query API.
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    settings: &AuditSettings,
+    database: &str,
+    hub: std::sync::Arc<crate::hub::Hub>,
+    pod_ips: PodIps,
+    metrics: AuditMetrics,
+    client: Option<kube::Client>,
+    certificate: Option<(&std::path::Path, &std::path::Path)>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<Running, AuditStartError> {
+    let (ingest, store, ingest_task) = IngestTask {
+        url: database.to_string(),
+        pod_ips,
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        backoff: settings.backoff,
+        shutdown: shutdown.clone(),
+    }
+    .spawn();
+    let retention_task = tokio::spawn(retention::run(
+        store.clone(),
+        settings.retention,
+        settings.retention_every,
+        hub,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let api = match settings.api_listen {
+        None => None,
+        Some(listen) => {
+            let client = client.ok_or(AuditStartError::ApiWithoutCluster)?;
+            let (cert, key) = certificate.ok_or(AuditStartError::ApiWithoutCertificate)?;
+            let router = api::router(store.clone(), access::Access::new(client, vec![]), metrics);
+            Some(api::serve(listen, cert, key, router, shutdown).await?)
+        }
+    };
+    Ok(Running {
+        ingest,
+        store,
+        tasks: vec![ingest_task, retention_task],
+        api,
+    })
 }

@@ -4,7 +4,14 @@
 //! ```text
 //!   hub.subscribe(node) ──► session ══ Snapshot / Current ══► enforcer
 //!   hub.report_realised ◄── session ◄═══════ Report ══════════ enforcer
+//!   audit ingest        ◄── session ◄═══════ Decisions ═══════ enforcer
+//!   (committed) ──────────► session ═══ DecisionsAck { seq } ══► enforcer
 //! ```
+//!
+//! A decision batch is acknowledged only once the audit ingest has committed it, in the
+//! order the batches came; if one of them cannot be (the ingest queue is full, or this
+//! replica stopped leading) the stream ends with `UNAVAILABLE`, so no later
+//! acknowledgement can cover it and the enforcer sends it again on its next stream.
 //!
 //! A stream is served only when this replica leads ([`Hub::is_leader`]); losing
 //! the lead ends every stream with `UNAVAILABLE`, so the enforcers reconnect (to
@@ -32,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::audit::Ingest;
 use crate::hub::Hub;
 pub use auth::{AuthError, Authenticator, Identity, StaticTokens, TokenReviewAuthenticator};
 pub use metrics::StreamMetrics;
@@ -116,6 +124,7 @@ pub async fn run(
     hub: Arc<Hub>,
     client: Option<kube::Client>,
     metrics: StreamMetrics,
+    audit: Option<Ingest>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<Result<(), StreamError>>, StreamError> {
     let auth = authenticator(&settings.auth, client)?;
@@ -128,7 +137,10 @@ pub async fn run(
         // Keep the sender until every session saw the signal.
         stop_tx.closed().await;
     });
-    let service = StreamService::new(hub, auth, metrics, settings.timings, stop_rx.clone());
+    let mut service = StreamService::new(hub, auth, metrics, settings.timings, stop_rx.clone());
+    if let Some(ingest) = audit {
+        service = service.with_audit(ingest);
+    }
     tracing::info!(addr = %settings.listen, "enforcer stream: gRPC over TLS");
     Ok(tokio::spawn(serve(listener, tls, service, stop_rx)))
 }
@@ -168,9 +180,18 @@ pub struct StreamService {
     metrics: StreamMetrics,
     timings: Timings,
     shutdown: watch::Receiver<bool>,
+    /// Where decision batches go; `None`: they are not acknowledged (the enforcers keep
+    /// them spooled).
+    audit: Option<Ingest>,
 }
 
 impl StreamService {
+    /// Stores the streams' decision batches through `ingest`.
+    pub fn with_audit(mut self, ingest: Ingest) -> Self {
+        self.audit = Some(ingest);
+        self
+    }
+
     /// `shutdown`: when it turns true, every stream ends with `UNAVAILABLE`.
     pub fn new(
         hub: Arc<Hub>,
@@ -185,6 +206,7 @@ impl StreamService {
             metrics,
             timings,
             shutdown,
+            audit: None,
         }
     }
 
@@ -309,6 +331,7 @@ impl palisade_wire::Distributor for StreamService {
             peer,
             shutdown: self.shutdown.clone(),
             max_age: self.timings.max_stream_age,
+            audit: self.audit.clone(),
         };
         tokio::spawn(session.run(hello, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -323,6 +346,7 @@ struct Session {
     peer: String,
     shutdown: watch::Receiver<bool>,
     max_age: Duration,
+    audit: Option<Ingest>,
 }
 
 /// Ends the stream with `status` (the enforcer retries).
@@ -349,6 +373,9 @@ impl Session {
         let mut desired = self.hub.subscribe(&self.node);
         let mut leadership = self.hub.leadership();
         let mut sent: Option<u64> = None;
+        // Decision batches handed to the audit ingest, in the order they came: each
+        // yields its seq once committed.
+        let mut acks = futures::stream::FuturesOrdered::new();
         // The first answer: nothing to send when the enforcer has the desired
         // rules already (same digest), else the full rule set.
         let first = desired.borrow_and_update().clone();
@@ -398,8 +425,18 @@ impl Session {
                         self.hub.report_realised(&self.node, report.version, errors);
                     }
                     Ok(Some(ClientMessage::Decisions(batch))) => {
-                        // TODO(audit): store, then acknowledge.
-                        tracing::debug!(node = %self.node, seq = batch.seq, "decision batch");
+                        tracing::debug!(node = %self.node, seq = batch.seq, decisions = batch.decisions.len(), "decision batch");
+                        let Some(ingest) = &self.audit else {
+                            continue;
+                        };
+                        match ingest.submit(batch) {
+                            Ok(done) => acks.push_back(done),
+                            Err(e) => {
+                                tracing::warn!(node = %self.node, "{e}: stream ended, the enforcer resends");
+                                end(&tx, Status::unavailable("the audit log is behind; retry")).await;
+                                return self.close("audit_backlog");
+                            }
+                        }
                     }
                     Ok(Some(ClientMessage::Hello(_))) => {
                         tracing::warn!(node = %self.node, peer = %self.peer, "second hello on a stream ignored");
@@ -408,6 +445,18 @@ impl Session {
                     Err(status) => {
                         tracing::info!(node = %self.node, peer = %self.peer, error = %status.message(), "enforcer stream broken");
                         return self.close("receive");
+                    }
+                },
+                done = futures::StreamExt::next(&mut acks), if !acks.is_empty() => match done {
+                    Some(Ok(seq)) => {
+                        if !self.send(&tx, ServerMessage::DecisionsAck { seq }).await {
+                            return self.close("send");
+                        }
+                    }
+                    // Dropped unwritten (lead lost, shutdown): no later ack may cover it.
+                    _ => {
+                        end(&tx, Status::unavailable("a decision batch was not stored; retry")).await;
+                        return self.close("audit_dropped");
                     }
                 },
                 r = leadership.changed() => {

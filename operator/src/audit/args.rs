@@ -1,0 +1,91 @@
+//! The operator's `--audit-*` flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use palisade_audit::Retention;
+
+use super::{AuditMode, AuditSettings, DEFAULT_DATABASE};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct AuditArgs {
+    /// The audit database: `sqlite:///PATH` (a file in WAL mode, created with its folder
+    /// when missing), `postgres://USER:PASSWORD@HOST:PORT/DB`, or `none` (no audit log:
+    /// decision batches are then not acknowledged and stay spooled on the nodes).
+    #[arg(long, default_value = DEFAULT_DATABASE, value_name = "URL")]
+    pub audit_database: String,
+
+    /// Delete decisions last seen longer ago than this (`30m`, `12h`, `7d`; `0`: never).
+    #[arg(long, default_value = "7d", value_parser = parse_age, value_name = "AGE")]
+    pub audit_retention_age: Option<Duration>,
+
+    /// Keep at most this many decision rows, deleting the oldest (`0`: no limit).
+    #[arg(long, default_value_t = 10_000_000, value_name = "ROWS")]
+    pub audit_retention_rows: u64,
+
+    /// Rows deleted per statement by retention (small, so writes are never held up).
+    #[arg(long, default_value_t = 5_000, value_name = "ROWS")]
+    pub audit_retention_chunk: u32,
+
+    /// How often retention runs, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub audit_retention_every_secs: u64,
+
+    /// What policies without an audit setting of their own record: `all` decisions,
+    /// `deny` only, or `none`.
+    #[arg(long, default_value = "all", value_name = "all|deny|none")]
+    pub audit_default: AuditMode,
+
+    /// Serve the read-only query API (HTTPS with the stream's certificate) here; needs the
+    /// Kubernetes source (callers are checked with TokenReview and SubjectAccessReview).
+    #[arg(long, value_name = "ADDR")]
+    pub audit_api_listen: Option<SocketAddr>,
+}
+
+impl AuditArgs {
+    pub fn settings(&self) -> AuditSettings {
+        AuditSettings {
+            database: (self.audit_database != "none").then(|| self.audit_database.clone()),
+            retention: Retention {
+                max_age_ms: self
+                    .audit_retention_age
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                max_rows: (self.audit_retention_rows > 0).then_some(self.audit_retention_rows),
+                chunk: self.audit_retention_chunk.max(1),
+            },
+            retention_every: Duration::from_secs(self.audit_retention_every_secs.max(1)),
+            default_mode: self.audit_default,
+            api_listen: self.audit_api_listen,
+            ..AuditSettings::default()
+        }
+    }
+}
+
+/// `0` (never), or a number with a unit: `s`, `m`, `h`, `d`.
+pub fn parse_age(text: &str) -> Result<Option<Duration>, String> {
+    if text == "0" {
+        return Ok(None);
+    }
+    let age = palisade_audit::parse_time(text, 0)
+        .ok()
+        .filter(|_| text.ends_with(['s', 'm', 'h', 'd']))
+        .and_then(|t| u64::try_from(t.checked_neg()?).ok())
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| format!("{text:?}: expected 0 or an age such as 30m, 12h, 7d"))?;
+    Ok(Some(Duration::from_millis(age)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("0"), Ok(None));
+        assert_eq!(parse_age("7d"), Ok(Some(Duration::from_secs(7 * 86_400))));
+        assert_eq!(parse_age("90s"), Ok(Some(Duration::from_secs(90))));
+        for bad in ["", "7", "-1d", "0d", "1y"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+}
