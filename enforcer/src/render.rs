@@ -856,8 +856,9 @@ impl<'a> FamilyRenderer<'a> {
             action: rule.action,
             isolated_by: Vec::new(),
         });
-        let target = match self.rule_log_chain(&id, policy, rule.action)? {
-            Some(log) => format!("-g {log}"),
+        let log = self.log_audit(policy, rule.action);
+        let target = match log {
+            Some(_) => format!("-g {}", names::log_chain(&id)),
             None => match rule.action {
                 Action::Accept => format!("-g {CHAIN_ACCEPT}"),
                 Action::Pass => format!("-g {CHAIN_PASS}"),
@@ -868,6 +869,7 @@ impl<'a> FamilyRenderer<'a> {
             Direction::Ingress => ("src", "dst"),
             Direction::Egress => ("dst", "src"),
         };
+        let first_line = lines.len();
         for m in &rule.matches {
             let peers: Vec<Option<String>> = match &m.peers {
                 None => vec![None],
@@ -911,6 +913,13 @@ impl<'a> FamilyRenderer<'a> {
                 }
             }
         }
+        // The log chain only when a line of this family goes to it (a rule whose
+        // sets are all of the other family has none here).
+        if let Some(audit) = log {
+            if lines.len() > first_line {
+                self.log_chain(&id, rule.action, &audit)?;
+            }
+        }
         Ok(())
     }
 
@@ -930,32 +939,32 @@ impl<'a> FamilyRenderer<'a> {
         )
     }
 
-    /// The chain a logged rule goes to (`None`: the rule is not logged): it logs the
-    /// decision under the rule's id, then does what the rule does (Accept: the
-    /// ACCEPT mark, back in the tier chain as after `-g PALISADE-ACCEPT`; Deny:
-    /// PALISADE-DENY, the log rate-limited per source). Pass decides nothing and
-    /// is never logged; the tier after it decides.
-    fn rule_log_chain(
-        &mut self,
-        id: &str,
-        policy: &CompiledPolicy,
-        action: Action,
-    ) -> Result<Option<String>, RenderError> {
-        let Some(audit) = self.opts.audit else {
-            return Ok(None);
-        };
+    /// Whether a rule of `policy` with `action` is logged (and how). Pass decides
+    /// nothing and is never logged; the tier after it decides.
+    fn log_audit(&self, policy: &CompiledPolicy, action: Action) -> Option<AuditRules> {
+        let audit = self.opts.audit?;
         let mode = self.rs.audit_of(policy);
         let logged = match action {
             Action::Accept => mode == AuditMode::All,
             Action::Deny => mode != AuditMode::None,
             Action::Pass => false,
         };
-        if !logged {
-            return Ok(None);
-        }
+        logged.then_some(audit)
+    }
+
+    /// The chain a logged rule goes to: it logs the decision under the rule's id,
+    /// then does what the rule does (Accept: the ACCEPT mark, back in the tier
+    /// chain as after `-g PALISADE-ACCEPT`; Deny: PALISADE-DENY, the log
+    /// rate-limited per source).
+    fn log_chain(
+        &mut self,
+        id: &str,
+        action: Action,
+        audit: &AuditRules,
+    ) -> Result<String, RenderError> {
         let name = names::log_chain(id);
         if self.claim(&name, format!("log chain {id}"))? {
-            let log = self.nflog(&audit, id);
+            let log = self.nflog(audit, id);
             let lines = match action {
                 Action::Accept => vec![
                     format!("-A {name} {log}"),
@@ -966,13 +975,13 @@ impl<'a> FamilyRenderer<'a> {
                     ),
                 ],
                 _ => vec![
-                    format!("-A {name} {} {log}", self.deny_limit(&audit)),
+                    format!("-A {name} {} {log}", self.deny_limit(audit)),
                     format!("-A {name} -j {CHAIN_DENY}"),
                 ],
             };
             self.out.chains.insert(name.clone(), lines);
         }
-        Ok(Some(name))
+        Ok(name)
     }
 
     /// The log rule before a tier chain's default denial, `None` when not logged

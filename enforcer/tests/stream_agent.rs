@@ -49,6 +49,9 @@ struct FakeInner {
     reports: Mutex<Vec<Report>>,
     attempts: Mutex<Vec<Instant>>,
     sent_first: Mutex<Vec<String>>,
+    /// Decision batches received (source, seq), and whether to acknowledge them.
+    batches: Mutex<Vec<(String, u64)>>,
+    ack: Mutex<bool>,
 }
 
 impl Fake {
@@ -147,6 +150,13 @@ impl palisade_wire::Distributor for Fake {
                     m = inbound.message() => match m {
                         Ok(Some(ClientMessage::Report(r))) => inner.reports.lock().expect("lock").push(r),
                         Ok(Some(ClientMessage::Hello(_))) => {}
+                        Ok(Some(ClientMessage::Decisions(b))) => {
+                            inner.batches.lock().expect("lock").push((b.source.clone(), b.seq));
+                            let ack = *inner.ack.lock().expect("lock");
+                            if ack && tx.send(Ok(ServerMessage::DecisionsAck { seq: b.seq })).await.is_err() {
+                                return;
+                            }
+                        }
                         _ => return,
                     },
                 }
@@ -614,6 +624,81 @@ async fn a_stop_during_an_apply_lets_it_finish_and_keeps_its_state() {
         serde_json::from_slice(&std::fs::read(state_file(&dir, "n1")).expect("state file written"))
             .expect("parses");
     assert_eq!(kept.version, 1);
+    op.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn decision_batches_are_sent_resent_after_a_reconnect_and_released_on_ack() {
+    use palisade_enforcer::audit::Spool;
+    use palisade_wire::audit::{AuditDirection, Decision, Verdict};
+    let dir = tempfile_dir("audit-batches");
+    let mut op = Operator::new(&dir);
+    op.fake.publish(state("n1", 1, "192.0.2.1"));
+    op.start().await;
+    let spool = Arc::new(Spool::open(&dir.join("spool"), "n1", 1 << 20).expect("spool"));
+    let decision = |count| Decision {
+        first_seen_ms: 1,
+        last_seen_ms: 2,
+        count,
+        node: "n1".into(),
+        direction: AuditDirection::Ingress,
+        verdict: Verdict::Allow,
+        protocol: "tcp".into(),
+        src_ip: "10.0.0.1".parse().expect("ip"),
+        src_port: None,
+        dst_ip: "10.0.0.2".parse().expect("ip"),
+        dst_port: Some(80),
+        src: None,
+        dst: None,
+        rule_id: "P1R0I".into(),
+        tier: "networkpolicy".into(),
+        policy: Some("NetworkPolicy default/web".into()),
+        rule_index: Some(0),
+        rule_name: None,
+        isolated_by: vec![],
+    };
+    for n in 1..=3 {
+        spool.append(vec![decision(n)], vec![]).expect("spooled");
+    }
+    let mut c = config(&op, &dir, "n1", "t");
+    c.audit = Some(Arc::clone(&spool));
+    let agent = start_agent(c, Recorder::default());
+    let source = spool.source().to_string();
+    let seqs = |op: &Operator| -> Vec<u64> {
+        op.fake
+            .inner
+            .batches
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|b| b.1)
+            .collect()
+    };
+    // Not acknowledged: sent once, kept.
+    wait_for("three batches", || seqs(&op) == vec![1, 2, 3]).await;
+    assert!(op
+        .fake
+        .inner
+        .batches
+        .lock()
+        .expect("lock")
+        .iter()
+        .all(|b| b.0 == source));
+    assert_eq!(spool.pending().0, 3);
+    // The operator goes and comes back acknowledging: all three again, then released.
+    op.stop().await;
+    *op.fake.inner.ack.lock().expect("lock") = true;
+    op.fake.publish(state("n1", 1, "192.0.2.1"));
+    op.start().await;
+    wait_for("resent", || seqs(&op) == vec![1, 2, 3, 1, 2, 3]).await;
+    wait_for("released", || spool.pending().0 == 0).await;
+    assert_eq!(spool.acked(), 3);
+    // A new batch goes out at once and is released too.
+    assert_eq!(spool.append(vec![decision(9)], vec![]).expect("spooled"), 4);
+    wait_for("the new batch", || seqs(&op).last() == Some(&4)).await;
+    wait_for("released", || spool.pending().0 == 0).await;
+    agent.stop().await;
     op.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
