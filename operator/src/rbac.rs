@@ -140,6 +140,13 @@ pub const OPERATOR: &[Permission] = &[
         "stream::auth checks the enforcers' tokens",
     ),
     row(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        &["create"],
+        Scope::Cluster,
+        "audit::access checks the query API's callers' permission (audit.palisade.io decisions)",
+    ),
+    row(
         "coordination.k8s.io",
         "leases",
         &["get", "create", "update"],
