@@ -8,7 +8,11 @@
 //! 3. run one pod per node from that template, pinned to the node, running
 //!    `palisade-enforcer cleanup`, and wait for each to finish;
 //! 4. delete those pods and report every node that could not be cleaned (it keeps its rules
-//!    until someone runs `palisade-enforcer cleanup` there).
+//!    until someone runs `palisade-enforcer cleanup` there); failed pods stay for their logs.
+//!
+//! A retry (`helm uninstall` again after a failure) finds the DaemonSet gone and cleans the
+//! nodes of the earlier attempt's pods again, from their own spec: a failure never turns into
+//! a silent success. The Secret and Lease the operator made at run time go last.
 //!
 //! Its API calls are the `UNINSTALL` table of [`crate::rbac`].
 
@@ -81,13 +85,10 @@ fn selected(node: &Node, spec: &PodSpec) -> bool {
         .all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// The cleanup pod for `node`: the enforcer's pod, pinned, running `cleanup` once.
-pub fn cleanup_pod(
-    settings: &UninstallSettings,
-    template: &PodSpec,
-    node: &str,
-    index: usize,
-) -> Pod {
+/// The cleanup pod for `node`: the enforcer's pod, pinned, running `cleanup` once. Its
+/// name is generated (`<daemonset>-cleanup-xxxxx`), so a retry never collides with the pods
+/// of an earlier attempt.
+pub fn cleanup_pod(settings: &UninstallSettings, template: &PodSpec, node: &str) -> Pod {
     let mut spec = template.clone();
     spec.node_name = Some(node.to_string());
     spec.restart_policy = Some("Never".to_string());
@@ -105,15 +106,11 @@ pub fn cleanup_pod(
     }
     Pod {
         metadata: ObjectMeta {
-            name: Some(format!("{}-cleanup-{index}", settings.daemonset)),
+            generate_name: Some(format!("{}-cleanup-", settings.daemonset)),
             namespace: Some(settings.namespace.clone()),
             labels: Some(BTreeMap::from([(
                 CLEANUP_LABEL.to_string(),
                 settings.daemonset.clone(),
-            )])),
-            annotations: Some(BTreeMap::from([(
-                "palisade.dev/node".to_string(),
-                node.to_string(),
             )])),
             ..ObjectMeta::default()
         },
@@ -122,30 +119,62 @@ pub fn cleanup_pod(
     }
 }
 
-/// Runs the whole cleanup (see the module documentation).
-pub async fn run(
-    client: kube::Client,
-    settings: &UninstallSettings,
-) -> Result<Report, UninstallError> {
-    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &settings.namespace);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
-    let nodes: Api<Node> = Api::all(client);
-    let ds_name = &settings.daemonset;
+/// What to clean with, and where.
+struct Plan {
+    template: PodSpec,
+    /// Nodes to clean, sorted.
+    nodes: Vec<String>,
+    /// Label selector of the enforcer pods to wait for (None: the DaemonSet is gone already).
+    enforcers: Option<String>,
+    /// Cleanup pods of an earlier attempt, replaced by this one.
+    stale: Vec<String>,
+}
 
-    let Some(ds) = daemonsets
+/// The plan from the DaemonSet, or, when it is gone (an earlier attempt deleted it and
+/// failed on some node), from that attempt's cleanup pods: a retry cleans their nodes again.
+async fn plan(
+    settings: &UninstallSettings,
+    daemonsets: &Api<DaemonSet>,
+    pods: &Api<Pod>,
+    nodes: &Api<Node>,
+) -> Result<Option<Plan>, UninstallError> {
+    let ds_name = &settings.daemonset;
+    let found = daemonsets
         .get_opt(ds_name)
         .await
-        .map_err(api_error(format!("reading DaemonSet {ds_name}")))?
-    else {
-        warn!(daemonset = %ds_name, "enforcer DaemonSet not found: nothing to clean with");
-        return Ok(Report::default());
+        .map_err(api_error(format!("reading DaemonSet {ds_name}")))?;
+    let Some(ds) = found else {
+        let earlier = pods
+            .list(&ListParams::default().labels(&format!("{CLEANUP_LABEL}={ds_name}")))
+            .await
+            .map_err(api_error("listing earlier cleanup pods"))?
+            .items;
+        let Some(template) = earlier.iter().find_map(|p| p.spec.clone()) else {
+            return Ok(None);
+        };
+        let mut targets: Vec<String> = earlier
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        targets.sort();
+        targets.dedup();
+        return Ok(Some(Plan {
+            template,
+            nodes: targets,
+            enforcers: None,
+            stale: earlier
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect(),
+        }));
     };
-    let spec = ds.spec;
-    let template = spec
+    let template = ds
+        .spec
         .template
         .spec
         .ok_or_else(|| UninstallError::NoTemplate(ds_name.clone()))?;
-    let selector = spec
+    let selector = ds
+        .spec
         .selector
         .match_labels
         .unwrap_or_default()
@@ -153,7 +182,6 @@ pub async fn run(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-
     let mut targets: Vec<String> = nodes
         .list(&ListParams::default())
         .await
@@ -164,7 +192,22 @@ pub async fn run(
         .filter_map(|n| n.metadata.name.clone())
         .collect();
     targets.sort();
+    Ok(Some(Plan {
+        template,
+        nodes: targets,
+        enforcers: Some(selector),
+        stale: Vec::new(),
+    }))
+}
 
+/// Deletes the DaemonSet and waits until its pods are gone.
+async fn stop_enforcers(
+    settings: &UninstallSettings,
+    daemonsets: &Api<DaemonSet>,
+    pods: &Api<Pod>,
+    selector: &str,
+) -> Result<(), UninstallError> {
+    let ds_name = &settings.daemonset;
     info!(daemonset = %ds_name, "stopping the enforcers");
     match daemonsets
         .delete(ds_name, &DeleteParams::foreground())
@@ -174,7 +217,7 @@ pub async fn run(
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => return Err(api_error(format!("deleting DaemonSet {ds_name}"))(e)),
     }
-    let enforcers = ListParams::default().labels(&selector);
+    let enforcers = ListParams::default().labels(selector);
     let deadline = tokio::time::Instant::now() + settings.timeout;
     loop {
         let left = pods
@@ -184,7 +227,7 @@ pub async fn run(
             .items
             .len();
         if left == 0 {
-            break;
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(UninstallError::EnforcersRemain {
@@ -194,28 +237,37 @@ pub async fn run(
         }
         tokio::time::sleep(settings.poll).await;
     }
+}
 
+/// Runs one cleanup pod per node and waits for them; returns the report and the pods
+/// that may be deleted (the failed ones stay for their logs).
+async fn clean_nodes(
+    settings: &UninstallSettings,
+    pods: &Api<Pod>,
+    plan: &Plan,
+) -> Result<(Report, Vec<String>), UninstallError> {
     let mut report = Report {
         found: true,
         ..Report::default()
     };
     let mut waiting: BTreeMap<String, String> = BTreeMap::new(); // pod name -> node
-    for (i, node) in targets.iter().enumerate() {
-        let pod = cleanup_pod(settings, &template, node, i);
-        let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut kept = std::collections::BTreeSet::new(); // failed pods, kept for their logs
+    for node in &plan.nodes {
+        let pod = cleanup_pod(settings, &plan.template, node);
         match pods.create(&PostParams::default(), &pod).await {
-            Ok(_) => {
+            Ok(created) => {
+                let name = created.metadata.name.unwrap_or_default();
                 waiting.insert(name, node.clone());
             }
             Err(e) => {
                 report
                     .failed
-                    .insert(node.clone(), format!("cannot create {name}: {e}"));
+                    .insert(node.clone(), format!("cannot create its cleanup pod: {e}"));
             }
         }
     }
-
-    let cleanups = ListParams::default().labels(&format!("{CLEANUP_LABEL}={ds_name}"));
+    let done: Vec<String> = waiting.keys().cloned().collect();
+    let cleanups = ListParams::default().labels(&format!("{CLEANUP_LABEL}={}", settings.daemonset));
     let deadline = tokio::time::Instant::now() + settings.timeout;
     while !waiting.is_empty() {
         let listed = pods
@@ -241,6 +293,7 @@ pub async fn run(
                     report
                         .failed
                         .insert(node, format!("{name} failed (kubectl logs {name})"));
+                    kept.insert(name.clone());
                     waiting.remove(name);
                 }
                 _ => {}
@@ -252,6 +305,7 @@ pub async fn run(
         tokio::time::sleep(settings.poll).await;
     }
     for (name, node) in &waiting {
+        kept.insert(name.clone());
         report.failed.insert(
             node.clone(),
             format!(
@@ -261,19 +315,44 @@ pub async fn run(
         );
     }
     report.cleaned.sort();
+    let removable = done.into_iter().filter(|n| !kept.contains(n)).collect();
+    Ok((report, removable))
+}
 
-    // Failed pods stay for their logs; the others go.
-    for (i, node) in targets.iter().enumerate() {
-        let name = format!("{ds_name}-cleanup-{i}");
-        if report.failed.contains_key(node) {
-            continue;
-        }
-        if let Err(e) = pods.delete(&name, &DeleteParams::default()).await {
-            warn!(pod = %name, error = %e, "cannot delete a cleanup pod");
-        }
+/// Runs the whole cleanup (see the module documentation).
+pub async fn run(
+    client: kube::Client,
+    settings: &UninstallSettings,
+) -> Result<Report, UninstallError> {
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &settings.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let Some(plan) = plan(settings, &daemonsets, &pods, &nodes).await? else {
+        warn!(daemonset = %settings.daemonset,
+            "no enforcer DaemonSet and no earlier cleanup: nothing to clean");
+        remove_leftovers(&client, settings).await;
+        return Ok(Report::default());
+    };
+    if let Some(selector) = &plan.enforcers {
+        stop_enforcers(settings, &daemonsets, &pods, selector).await?;
     }
-    remove_leftovers(&pods.into_client(), settings).await;
+    for name in &plan.stale {
+        delete_pod(&pods, name).await;
+    }
+    let (report, removable) = clean_nodes(settings, &pods, &plan).await?;
+    for name in &removable {
+        delete_pod(&pods, name).await;
+    }
+    remove_leftovers(&client, settings).await;
     Ok(report)
+}
+
+async fn delete_pod(pods: &Api<Pod>, name: &str) {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => warn!(pod = %name, error = %e, "cannot delete a cleanup pod"),
+    }
 }
 
 /// Deletes the operator's run-time objects (absent ones are fine; a failure is logged, the
@@ -361,24 +440,61 @@ mod tests {
         json!({"metadata": {"name": name}, "status": {"phase": phase}})
     }
 
+    /// Answers a cleanup pod's creation as the API server does (a generated name).
+    async fn created(v: &mut verifier::ApiServerVerifier, name: &str) -> serde_json::Value {
+        let (mut body, send) = v
+            .expect("POST", "/api/v1/namespaces/palisade-system/pods?")
+            .await;
+        assert_eq!(
+            body["metadata"]["generateName"],
+            "palisade-enforcer-cleanup-"
+        );
+        body["metadata"]["name"] = name.into();
+        send.ok(&body);
+        body
+    }
+
+    async fn leftovers_deleted(v: &mut verifier::ApiServerVerifier) {
+        let (_, send) = v
+            .expect(
+                "DELETE",
+                "/api/v1/namespaces/palisade-system/secrets/palisade-stream-tls?",
+            )
+            .await;
+        send.status(404, "NotFound");
+        let (_, send) = v
+            .expect(
+                "DELETE",
+                "/apis/coordination.k8s.io/v1/namespaces/palisade-system/leases/palisade-operator?",
+            )
+            .await;
+        send.ok(
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+        );
+    }
+
+    const PODS: &str = "/api/v1/namespaces/palisade-system/pods";
+    const DS: &str = "/apis/apps/v1/namespaces/palisade-system/daemonsets/palisade-enforcer";
+    const CLEANUPS: &str =
+        "/api/v1/namespaces/palisade-system/pods?&labelSelector=palisade.dev%2Fcleanup%3Dpalisade-enforcer";
+
     #[tokio::test]
     async fn stops_the_enforcers_then_cleans_every_linux_node() {
         rbac::check_against(rbac::UNINSTALL);
         let (client, mut v) = verifier::client();
         let server = tokio::spawn(async move {
-            let ns = "/api/v1/namespaces/palisade-system/pods";
-            let ds = "/apis/apps/v1/namespaces/palisade-system/daemonsets/palisade-enforcer";
-            let (_, send) = v.expect("GET", ds).await;
+            let (_, send) = v.expect("GET", DS).await;
             send.ok(&daemonset());
             let (_, send) = v.expect("GET", "/api/v1/nodes?").await;
             send.ok(&list(
                 "NodeList",
                 vec![node("b", "linux"), node("a", "linux"), node("w", "windows")],
             ));
-            let (body, send) = v.expect("DELETE", &format!("{ds}?")).await;
+            let (body, send) = v.expect("DELETE", &format!("{DS}?")).await;
             assert_eq!(body["propagationPolicy"], "Foreground");
             send.ok(&daemonset());
-            let enforcers = format!("{ns}?&labelSelector=app.kubernetes.io%2Fcomponent%3Denforcer");
+            let enforcers =
+                format!("{PODS}?&labelSelector=app.kubernetes.io%2Fcomponent%3Denforcer");
             let (_, send) = v.expect("GET", &enforcers).await;
             send.ok(&list(
                 "PodList",
@@ -386,49 +502,32 @@ mod tests {
             ));
             let (_, send) = v.expect("GET", &enforcers).await;
             send.ok(&list("PodList", vec![]));
-            let mut created = Vec::new();
-            for _ in 0..2 {
-                let (body, send) = v.expect("POST", &format!("{ns}?")).await;
-                send.ok(&body);
-                created.push(body);
-            }
-            let cleanups =
-                format!("{ns}?&labelSelector=palisade.dev%2Fcleanup%3Dpalisade-enforcer");
-            let (_, send) = v.expect("GET", &cleanups).await;
+            let created = vec![
+                created(&mut v, "palisade-enforcer-cleanup-aaaaa").await,
+                created(&mut v, "palisade-enforcer-cleanup-bbbbb").await,
+            ];
+            let (_, send) = v.expect("GET", CLEANUPS).await;
             send.ok(&list(
                 "PodList",
                 vec![
-                    pod("palisade-enforcer-cleanup-0", "Succeeded"),
-                    pod("palisade-enforcer-cleanup-1", "Pending"),
+                    pod("palisade-enforcer-cleanup-aaaaa", "Succeeded"),
+                    pod("palisade-enforcer-cleanup-bbbbb", "Pending"),
                 ],
             ));
-            let (_, send) = v.expect("GET", &cleanups).await;
+            let (_, send) = v.expect("GET", CLEANUPS).await;
             send.ok(&list(
                 "PodList",
-                vec![pod("palisade-enforcer-cleanup-1", "Failed")],
+                vec![pod("palisade-enforcer-cleanup-bbbbb", "Failed")],
             ));
             // Only the successful cleanup pod is deleted: the failed one keeps its logs.
             let (_, send) = v
-                .expect("DELETE", &format!("{ns}/palisade-enforcer-cleanup-0?"))
-                .await;
-            send.ok(&pod("palisade-enforcer-cleanup-0", "Succeeded"));
-            // Then what the operator made at run time.
-            let (_, send) = v
                 .expect(
                     "DELETE",
-                    "/api/v1/namespaces/palisade-system/secrets/palisade-stream-tls?",
+                    &format!("{PODS}/palisade-enforcer-cleanup-aaaaa?"),
                 )
                 .await;
-            send.status(404, "NotFound");
-            let (_, send) = v
-                .expect(
-                    "DELETE",
-                    "/apis/coordination.k8s.io/v1/namespaces/palisade-system/leases/palisade-operator?",
-                )
-                .await;
-            send.ok(
-                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
-            );
+            send.ok(&pod("palisade-enforcer-cleanup-aaaaa", "Succeeded"));
+            leftovers_deleted(&mut v).await;
             created
         });
         let report = run(client, &settings()).await.expect("ran");
@@ -436,6 +535,7 @@ mod tests {
         rbac::check_against(rbac::OPERATOR);
         assert_eq!(report.cleaned, vec!["a".to_string()]);
         assert_eq!(report.failed.keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(report.failed["b"].contains("palisade-enforcer-cleanup-bbbbb failed"));
         assert!(report.found);
         let first = &created[0];
         assert_eq!(first["spec"]["nodeName"], "a");
@@ -455,6 +555,52 @@ mod tests {
         );
         assert_eq!(c["volumeMounts"][0]["mountPath"], "/run/xtables.lock");
         assert_eq!(created[1]["spec"]["nodeName"], "b");
+    }
+
+    #[tokio::test]
+    async fn a_retry_cleans_the_nodes_an_earlier_attempt_failed_on() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            // The DaemonSet went with the first attempt; its failed pod tells what is left.
+            let (_, send) = v.expect("GET", DS).await;
+            send.status(404, "NotFound");
+            let (_, send) = v.expect("GET", CLEANUPS).await;
+            let mut earlier = pod("palisade-enforcer-cleanup-bbbbb", "Failed");
+            earlier["spec"] = daemonset()["spec"]["template"]["spec"].clone();
+            earlier["spec"]["nodeName"] = "b".into();
+            earlier["spec"]["containers"][0]["args"] = json!(["cleanup"]);
+            send.ok(&list("PodList", vec![earlier]));
+            let (_, send) = v
+                .expect(
+                    "DELETE",
+                    &format!("{PODS}/palisade-enforcer-cleanup-bbbbb?"),
+                )
+                .await;
+            send.ok(&pod("palisade-enforcer-cleanup-bbbbb", "Failed"));
+            let body = created(&mut v, "palisade-enforcer-cleanup-ccccc").await;
+            let (_, send) = v.expect("GET", CLEANUPS).await;
+            send.ok(&list(
+                "PodList",
+                vec![pod("palisade-enforcer-cleanup-ccccc", "Succeeded")],
+            ));
+            let (_, send) = v
+                .expect(
+                    "DELETE",
+                    &format!("{PODS}/palisade-enforcer-cleanup-ccccc?"),
+                )
+                .await;
+            send.ok(&pod("palisade-enforcer-cleanup-ccccc", "Succeeded"));
+            leftovers_deleted(&mut v).await;
+            body
+        });
+        let report = run(client, &settings()).await.expect("ran");
+        let body = server.await.expect("verifier");
+        rbac::check_against(rbac::OPERATOR);
+        assert_eq!(report.cleaned, vec!["b".to_string()]);
+        assert!(report.failed.is_empty());
+        assert_eq!(body["spec"]["nodeName"], "b");
+        assert_eq!(body["spec"]["containers"][0]["args"], json!(["cleanup"]));
     }
 
     #[tokio::test]
@@ -508,6 +654,9 @@ mod tests {
                 )
                 .await;
             send.status(404, "NotFound");
+            let (_, send) = v.expect("GET", CLEANUPS).await;
+            send.ok(&list("PodList", vec![]));
+            leftovers_deleted(&mut v).await;
         });
         let report = run(client, &settings()).await.expect("ran");
         server.await.expect("verifier");
