@@ -204,6 +204,27 @@ def test_operator_rbac_is_exactly_the_table(chart, case):
 
 
 def test_the_enforcer_has_no_role(chart):
+    """The enforcer makes no Kubernetes API call: no Kubernetes client in its dependency
+    tree (its crate and the workspace crates it uses), so it needs no Role."""
+    import tomllib
+
+    seen, todo = set(), ["enforcer"]
+    while todo:
+        crate = todo.pop()
+        if crate in seen:
+            continue
+        seen.add(crate)
+        manifest = tomllib.loads((REPO / crate / "Cargo.toml").read_text())
+        deps = manifest.get("dependencies", {})
+        for name, spec in deps.items():
+            assert not name.startswith(("kube", "k8s-openapi")), f"{crate} depends on {name}"
+            path = spec.get("path") if isinstance(spec, dict) else None
+            if isinstance(spec, dict) and spec.get("workspace"):
+                ws = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["dependencies"]
+                path = ws.get(name, {}).get("path") if isinstance(ws.get(name), dict) else None
+            if path:
+                todo.append(path.strip("./"))
+    assert "enforcer" in seen and len(seen) > 1, seen
     objects = render(chart, {})
     assert operator_rules(objects, "enforcer") == set()
     sa = one(objects, "ServiceAccount", f"{RELEASE}-enforcer")
