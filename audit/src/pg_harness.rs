@@ -75,8 +75,10 @@ impl PgServer {
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start(&self) -> Result<(), String> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off",
+            // fsync off: a stopped server loses nothing (the kernel keeps what it wrote),
+            // only a machine crash would. Commits stay synchronous: an acknowledged
+            // batch must survive `stop` (an immediate stop is a crash of the server).
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
             self.port,
             self.dir.path().display()
         );
