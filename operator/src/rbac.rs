@@ -153,41 +153,56 @@ pub const OPERATOR: &[Permission] = &[
         Scope::OwnNamespace,
         "leader election",
     ),
-    row(
-        "apiextensions.k8s.io",
-        "customresourcedefinitions",
-        &["get", "create"],
-        Scope::Cluster,
-        "report::kube installs the report CRDs when absent (never updates one)",
-    ),
-    row(
-        "wgpolicyk8s.io",
-        "policyreports",
-        &["list", "create", "patch", "delete"],
-        Scope::Cluster,
-        "report::kube writes one PolicyReport per namespace (server-side apply)",
-    ),
-    row(
-        "wgpolicyk8s.io",
-        "clusterpolicyreports",
-        &["list", "create", "patch", "delete"],
-        Scope::Cluster,
-        "report::kube writes the ClusterPolicyReport (server-side apply)",
-    ),
-    row(
-        "openreports.io",
-        "reports",
-        &["list", "create", "patch", "delete"],
-        Scope::Cluster,
-        "report::kube writes one Report per namespace (--report-api openreports|both)",
-    ),
-    row(
-        "openreports.io",
-        "clusterreports",
-        &["list", "create", "patch", "delete"],
-        Scope::Cluster,
-        "report::kube writes the ClusterReport (--report-api openreports|both)",
-    ),
+    Permission {
+        feature: Some("reports"),
+        ..row(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            &["get", "create"],
+            Scope::Cluster,
+            "report::kube installs the report CRDs when absent (never updates one)",
+        )
+    },
+    Permission {
+        feature: Some("wgpolicyk8s"),
+        ..row(
+            "wgpolicyk8s.io",
+            "policyreports",
+            &["list", "create", "patch", "delete"],
+            Scope::Cluster,
+            "report::kube writes one PolicyReport per namespace (server-side apply)",
+        )
+    },
+    Permission {
+        feature: Some("wgpolicyk8s"),
+        ..row(
+            "wgpolicyk8s.io",
+            "clusterpolicyreports",
+            &["list", "create", "patch", "delete"],
+            Scope::Cluster,
+            "report::kube writes the ClusterPolicyReport (server-side apply)",
+        )
+    },
+    Permission {
+        feature: Some("openreports"),
+        ..row(
+            "openreports.io",
+            "reports",
+            &["list", "create", "patch", "delete"],
+            Scope::Cluster,
+            "report::kube writes one Report per namespace (--report-api openreports|both)",
+        )
+    },
+    Permission {
+        feature: Some("openreports"),
+        ..row(
+            "openreports.io",
+            "clusterreports",
+            &["list", "create", "patch", "delete"],
+            Scope::Cluster,
+            "report::kube writes the ClusterReport (--report-api openreports|both)",
+        )
+    },
     Permission {
         feature: Some("generatedTls"),
         ..row(
