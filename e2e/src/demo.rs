@@ -138,6 +138,9 @@ pub fn run(dir: &Path, opts: &Options) -> Result<bool> {
             results.len(),
             took.as_millis()
         );
+        if let Some(cp) = &lab.control {
+            print_report(cp, step);
+        }
     }
     lab.teardown()?;
     println!();
@@ -150,6 +153,55 @@ pub fn run(dir: &Path, opts: &Options) -> Result<bool> {
         }
     );
     Ok(all_ok)
+}
+
+/// The policy report of the step's namespace (the operator's YAML file), once it shows every
+/// policy of the step realised or failed: its counts and every result that is not a pass.
+fn print_report(cp: &crate::operator::ControlPlane, step: &Loaded) {
+    let wanted: Vec<String> = step
+        .engine
+        .cluster()
+        .policies
+        .iter()
+        .map(|p| format!("{}/{}", p.id.kind.as_str(), p.id.name))
+        .collect();
+    let ns = step
+        .engine
+        .cluster()
+        .pods
+        .first()
+        .map_or("default", |p| p.namespace.as_str());
+    let settled = |r: &serde_json::Value| {
+        let results = r["results"].as_array().cloned().unwrap_or_default();
+        wanted.iter().all(|w| {
+            results.iter().any(|x| {
+                x["policy"] == w.as_str()
+                    && x["category"] == "realisation"
+                    && (x["result"] == "pass" || x["result"] == "fail")
+            })
+        })
+    };
+    let file = format!("{}/policyreport.{ns}.yaml", cp.reports.display());
+    match cp.wait_report(Some(ns), std::time::Duration::from_secs(5), settled) {
+        Ok(r) => {
+            let s = &r["summary"];
+            println!(
+                "Policy report {file}: pass {} fail {} warn {} error {} skip {}",
+                s["pass"], s["fail"], s["warn"], s["error"], s["skip"]
+            );
+            for x in r["results"].as_array().into_iter().flatten() {
+                if x["result"] != "pass" {
+                    println!(
+                        "    {} {}: {}",
+                        x["result"].as_str().unwrap_or("?").to_uppercase(),
+                        x["policy"].as_str().unwrap_or("?"),
+                        x["message"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Err(_) => println!("Policy report {file}: not written yet"),
+    }
 }
 
 fn describe(s: &Scenario, lab: &ScenarioLab) -> String {

@@ -186,6 +186,8 @@ pub struct ControlPlane {
     binary: PathBuf,
     /// Poll interval of the manifest directory.
     pub poll_ms: u64,
+    /// Where the operator writes its policy reports (YAML files, `--report-dir`).
+    pub reports: PathBuf,
 }
 
 impl ControlPlane {
@@ -225,6 +227,7 @@ impl ControlPlane {
             pid: None,
             binary: binary.to_path_buf(),
             poll_ms: 20,
+            reports: dir.join("reports"),
         })
     }
 
@@ -274,7 +277,11 @@ impl ControlPlane {
             .arg("--stream-key")
             .arg(&self.pki.key)
             .arg("--static-tokens")
-            .arg(&tokens);
+            .arg(&tokens)
+            .arg("--report-dir")
+            .arg(&self.reports)
+            .arg("--report-interval-ms")
+            .arg("200");
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -291,6 +298,42 @@ impl ControlPlane {
         drop(spawned.stdout);
         self.pid = Some(spawned.pid);
         Ok(())
+    }
+
+    /// The policy report of `namespace` (`None`: the cluster report) as the operator last
+    /// wrote it, if it has.
+    pub fn report(&self, namespace: Option<&str>) -> Option<Value> {
+        let name = match namespace {
+            Some(ns) => format!("policyreport.{ns}.yaml"),
+            None => "clusterpolicyreport.yaml".to_string(),
+        };
+        let text = std::fs::read_to_string(self.reports.join(name)).ok()?;
+        serde_yaml::from_str(&text).ok()
+    }
+
+    /// Waits (bounded) until the report of `namespace` satisfies `pred`; returns it.
+    pub fn wait_report(
+        &self,
+        namespace: Option<&str>,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let report = self.report(namespace);
+            if let Some(r) = report.as_ref().filter(|r| pred(r)) {
+                return Ok(r.clone());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the policy report of {} did not reach the expected state within {timeout:?}; last: {}{}",
+                    namespace.unwrap_or("the cluster"),
+                    report.map_or("none".to_string(), |r| r.to_string()),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the operator at once (SIGKILL): no goodbye to the enforcers.
@@ -367,7 +410,23 @@ impl Agent {
         cp: &ControlPlane,
         spec: AgentSpec,
     ) -> Result<Agent> {
+        Agent::start_with_env(lab, binary, ns, cp, spec, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (a `PATH` with wrappers that make
+    /// its iptables fail, for instance).
+    pub fn start_with_env(
+        lab: &Lab,
+        binary: &Path,
+        ns: &str,
+        cp: &ControlPlane,
+        spec: AgentSpec,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Result<Agent> {
         let mut cmd = Command::new(binary);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         cmd.arg("agent")
             .arg("--operator")
             .arg(cp.url())
