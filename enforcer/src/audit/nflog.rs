@@ -34,9 +34,9 @@ const NLM_F_ACK: u16 = 4;
 
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
-const NFULA_CFG_TIMEOUT: u16 = 3;
-const NFULA_CFG_QTHRESH: u16 = 4;
-const NFULA_CFG_NLBUFSIZ: u16 = 5;
+const NFULA_CFG_NLBUFSIZ: u16 = 3;
+const NFULA_CFG_TIMEOUT: u16 = 4;
+const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULA_CFG_FLAGS: u16 = 6;
 const NFULNL_CFG_F_SEQ: u16 = 1;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
