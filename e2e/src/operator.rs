@@ -188,6 +188,8 @@ pub struct ControlPlane {
     pub poll_ms: u64,
     /// Where the operator writes its policy reports (YAML files, `--report-dir`).
     pub reports: PathBuf,
+    /// The operator's audit database (SQLite, one per run: `--audit-database`).
+    pub audit_db: PathBuf,
 }
 
 impl ControlPlane {
@@ -228,6 +230,7 @@ impl ControlPlane {
             binary: binary.to_path_buf(),
             poll_ms: 20,
             reports: dir.join("reports"),
+            audit_db: dir.join("audit.db"),
         })
     }
 
@@ -281,7 +284,9 @@ impl ControlPlane {
             .arg("--report-dir")
             .arg(&self.reports)
             .arg("--report-interval-ms")
-            .arg("200");
+            .arg("200")
+            .arg("--audit-database")
+            .arg(format!("sqlite://{}", self.audit_db.display()));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -447,7 +452,10 @@ impl Agent {
             .arg("--connect-timeout-ms")
             .arg("1000")
             .arg("--keepalive-ms")
-            .arg("2000");
+            .arg("2000")
+            // Decisions reach the operator's audit log within a fraction of a second.
+            .arg("--audit-window-ms")
+            .arg("300");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
