@@ -6,7 +6,6 @@
 //! `pass` once the agent's retry succeeds. Needs root and the three binaries (built by
 //! `cargo build --workspace --bins`); skipped with a message otherwise.
 
-use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -145,7 +144,7 @@ fn a_failing_enforcer_turns_the_policy_result_to_fail_and_back_to_pass() {
         &old.ns,
         cp,
         spec,
-        &[("PATH", OsString::from(path))],
+        &[("PATH", path)],
     )
     .expect("n1's agent restarts");
     lab.agents.insert(n1, agent);

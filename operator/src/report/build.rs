@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use palisade_crds::reports::ResultKind;
 use palisade_crds::ObjectKey;
 use palisade_policy::engine::Engine;
-use palisade_policy::model::{Direction, Peer, Policy, PolicyId, PolicyKind, TIER_NETWORKPOLICY};
+use palisade_policy::model::{Direction, Peer, Policy, PolicyId, PolicyKind};
 
 use super::lint::{self, Shadows};
 use super::model::{rfc3339, Category, Finding, ObjectRef, ReportSet, Scope};
@@ -163,7 +163,7 @@ fn policy_findings(
         }
         set.push(scope.clone(), f);
     } else {
-        let mut f = realisation(engine, inputs.nodes, id, &name, &pods).resource(policy_ref(id));
+        let mut f = realisation(engine, inputs.nodes, &name, &pods).resource(policy_ref(id));
         if let Some(n) = denied {
             f = f.property("deniedLastHour", n.to_string());
         }
@@ -279,7 +279,6 @@ fn failure(r: &Realisation) -> Option<&str> {
 fn realisation(
     engine: &Engine,
     nodes: &BTreeMap<String, NodeView>,
-    id: &PolicyId,
     name: &str,
     pods: &BTreeSet<usize>,
 ) -> Finding {
@@ -350,7 +349,6 @@ fn realisation(
         }
         return f;
     }
-    let _ = id;
     if hosts.is_empty() {
         return Finding::new(
             name,
@@ -526,9 +524,4 @@ fn rejections(set: &mut ReportSet, rejected: &[RejectedObject]) {
         set.ensure(scope.clone());
         set.push(scope, f);
     }
-}
-
-/// Whether a policy belongs to the NetworkPolicy tier (namespaced reports) or not.
-pub fn is_networkpolicy(policy: &Policy) -> bool {
-    policy.tier == TIER_NETWORKPOLICY
 }

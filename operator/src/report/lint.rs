@@ -21,7 +21,7 @@
 //!   Then every connection `R` matches is decided (accepted or denied) in `Q`'s tier before
 //!   `T` is visited, so `R` never decides anything. Anything less certain is not reported.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use palisade_policy::engine::Engine;
 use palisade_policy::model::{
@@ -228,8 +228,10 @@ impl<'a> Shadows<'a> {
             if info.missing || info.is_networkpolicy() {
                 continue;
             }
-            let q_pods: BTreeSet<usize> = self.selected(q_id, d).iter().copied().collect();
-            if !pods.iter().all(|p| q_pods.contains(p)) || !self.no_pass_before(q, q_tier, pods, d)
+            // Both lists are in pod order (built by walking the pods in order).
+            let q_pods = self.selected(q_id, d);
+            if !pods.iter().all(|p| q_pods.binary_search(p).is_ok())
+                || !self.no_pass_before(q, q_tier, pods, d)
             {
                 continue;
             }

@@ -284,6 +284,7 @@ pub fn start(
         engine_generation: None,
         since: BTreeMap::new(),
         crds_checked: false,
+        last_error: None,
     };
     let task = tokio::spawn(async move {
         tokio::spawn(tee);
@@ -305,6 +306,20 @@ pub struct Reporter {
     /// Per node: the desired version seen and since when.
     since: BTreeMap<String, (u64, SystemTime)>,
     crds_checked: bool,
+    /// The last write error logged.
+    last_error: Option<String>,
+}
+
+/// Runs CPU work on this worker, letting the runtime move its other tasks elsewhere.
+fn in_place<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
 }
 
 impl Reporter {
@@ -346,33 +361,49 @@ impl Reporter {
             }
             self.crds_checked = true;
         }
-        let generation = self.mirror.generation();
-        if self.engine_generation != Some(generation) {
-            let cluster = self.mirror.cluster();
-            self.engine = Some(Engine::new(cluster).map_err(|e| e.to_string()));
-            self.engine_generation = Some(generation);
-        }
         let now = SystemTime::now();
         let nodes = self.node_views(now);
         let rejected = self.status.rejected();
         let denied = self.denied.denied_last_hour().await;
-        let engine = match &self.engine {
-            Some(Ok(engine)) => Ok(engine),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err("not indexed yet".to_string()),
-        };
-        let mut set = build::build(&Inputs {
-            engine,
-            nodes: &nodes,
-            rejected: &rejected,
-            denied: &denied,
-            unprotected_pods: self.settings.unprotected_pods,
+        let generation = self.mirror.generation();
+        // Indexing and the lints are CPU work (a large cluster's take a while): on a
+        // multi-threaded runtime this worker hands its other tasks to the others meanwhile.
+        let set = in_place(|| {
+            if self.engine_generation != Some(generation) {
+                let cluster = self.mirror.cluster();
+                self.engine = Some(Engine::new(cluster).map_err(|e| e.to_string()));
+                self.engine_generation = Some(generation);
+            }
+            let engine = match &self.engine {
+                Some(Ok(engine)) => Ok(engine),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err("not indexed yet".to_string()),
+            };
+            let mut set = build::build(&Inputs {
+                engine,
+                nodes: &nodes,
+                rejected: &rejected,
+                denied: &denied,
+                unprotected_pods: self.settings.unprotected_pods,
+            });
+            set.finish(self.settings.max_results);
+            set
         });
-        set.finish(self.settings.max_results);
         match self.writer.sync(&set, now).await {
-            Ok(w) if w.applied.is_empty() && w.deleted.is_empty() => {}
-            Ok(w) => debug!(applied = ?w.applied, deleted = ?w.deleted, "policy reports written"),
-            Err(e) => warn!(error = %e, "cannot write policy reports (retried)"),
+            Ok(w) => {
+                self.last_error = None;
+                if !w.applied.is_empty() || !w.deleted.is_empty() {
+                    debug!(applied = ?w.applied, deleted = ?w.deleted, "policy reports written");
+                }
+            }
+            Err(e) => {
+                // Said once per distinct error (a missing CRD would otherwise log every tick).
+                let text = e.to_string();
+                if self.last_error.as_deref() != Some(text.as_str()) {
+                    warn!(error = %text, "cannot write policy reports (retried every interval)");
+                    self.last_error = Some(text);
+                }
+            }
         }
     }
 

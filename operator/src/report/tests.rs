@@ -16,7 +16,9 @@ use super::model::ReportSet;
 use super::*;
 use crate::hub::Realisation;
 use crate::source::{RejectedObject, Rejection};
+use crate::status::Status;
 use crate::verifier::{self, ApiServerVerifier};
+use tokio::sync::mpsc;
 
 /// 2026-01-01T00:00:00Z: the time every test writes at.
 fn now() -> SystemTime {
@@ -96,17 +98,16 @@ fn realised_everywhere() -> BTreeMap<String, NodeView> {
     .into()
 }
 
-struct Case<'a> {
+struct Case {
     yaml: String,
     nodes: BTreeMap<String, NodeView>,
     rejected: Vec<RejectedObject>,
     unprotected: bool,
     max: usize,
     denied: BTreeMap<String, u64>,
-    _p: std::marker::PhantomData<&'a ()>,
 }
 
-impl Case<'_> {
+impl Case {
     fn new(policies: &str) -> Self {
         Case {
             yaml: format!("{BASE}---\n{policies}"),
@@ -115,7 +116,6 @@ impl Case<'_> {
             unprotected: true,
             max: 1000,
             denied: BTreeMap::new(),
-            _p: std::marker::PhantomData,
         }
     }
 
@@ -199,7 +199,7 @@ fn results_of(body: &Value) -> Vec<Value> {
 }
 
 /// The one result of `policy` in category `category` (panics when not exactly one).
-fn result<'a>(body: &'a Value, policy: &str, category: &str) -> Value {
+fn result(body: &Value, policy: &str, category: &str) -> Value {
     let found: Vec<Value> = results_of(body)
         .into_iter()
         .filter(|r| r["policy"] == policy && r["category"] == category)
@@ -207,8 +207,6 @@ fn result<'a>(body: &'a Value, policy: &str, category: &str) -> Value {
     assert_eq!(found.len(), 1, "{policy} {category} in {body:#}");
     found[0].clone()
 }
-
-const TS: Value = Value::Null;
 
 fn ts() -> Value {
     json!({"seconds": 1_767_225_600i64, "nanos": 0})
@@ -221,7 +219,6 @@ fn np_ref(name: &str) -> Value {
 #[tokio::test]
 async fn ok_exact_bodies() {
     let bodies = first_sync(Case::new(WEB_ALLOW).set(), 1000).await;
-    let _ = TS;
     assert_eq!(
         bodies.get(&polr_path("prod")),
         Some(&json!({
@@ -553,14 +550,14 @@ async fn unchanged_content_is_not_written_again_and_stale_reports_are_deleted() 
     let set = Case::new(WEB_ALLOW).set();
     // The API server already holds the prod report as this content wrote it an hour ago,
     // and a report for a namespace that is gone.
-    let (mut results, summary) = model::results(
+    let (results, summary) = model::results(
         &set.reports[&model::Scope::Namespace("prod".into())],
         now() - Duration::from_secs(3600),
     );
     let old = json!({
         "apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
         "metadata": {"name": "palisade", "namespace": "prod", "labels": {"app.kubernetes.io/managed-by": "palisade"}},
-        "summary": summary, "results": results.drain(..).collect::<Vec<_>>()
+        "summary": summary, "results": results
     });
     let gone = json!({
         "apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
@@ -706,4 +703,57 @@ fn directory_writer_writes_changed_files_and_removes_stale_ones() {
     assert_eq!(last.deleted.len(), 2, "{last:?}");
     assert!(!dir.path().join("policyreport.prod.yaml").exists());
     assert!(dir.path().join("clusterpolicyreport.yaml").exists());
+}
+
+#[tokio::test]
+async fn the_report_task_follows_the_events_and_writes_only_as_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = ReportSettings {
+        dir: Some(dir.path().to_path_buf()),
+        interval: Duration::from_millis(20),
+        ..ReportSettings::default()
+    };
+    let hub = Hub::new();
+    let (reconcile_tx, mut reconcile_rx) = mpsc::channel(64);
+    let (tx, task) = start(
+        &settings,
+        hub.clone(),
+        Status::new(),
+        None,
+        Arc::new(NoAudit),
+        reconcile_tx,
+    );
+    let task = task.expect("reports on");
+    let mut sent = 0;
+    for doc in parse_objects(&format!("{BASE}---\n{WEB_ALLOW}")) {
+        if let Ok(Some(object)) = doc.result {
+            tx.send(Event::Apply(object)).await.expect("send");
+            sent += 1;
+        }
+    }
+    tx.send(Event::Synced).await.expect("send");
+    // Reconcile gets every event, in order.
+    for _ in 0..=sent {
+        tokio::time::timeout(Duration::from_secs(5), reconcile_rx.recv())
+            .await
+            .expect("reconcile fed")
+            .expect("event");
+    }
+    let file = dir.path().join("policyreport.prod.yaml");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !file.exists(),
+        "a replica that does not lead writes nothing"
+    );
+    hub.set_leader(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !file.exists() {
+        assert!(std::time::Instant::now() < deadline, "no report written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = std::fs::read_to_string(&file).expect("report");
+    assert!(text.contains("NetworkPolicy/web-allow"), "{text}");
+    // No node has realised anything: pending.
+    assert!(text.contains("result: skip"), "{text}");
+    task.abort();
 }
