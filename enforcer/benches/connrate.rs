@@ -22,6 +22,10 @@
 //! started on a busy machine are counted: on a shared host, figures from a busy
 //! period are noise.
 //!
+//! Audit logging (issue 14): `AUDIT=reader` (the default) renders the logging rules and
+//! runs the NFLOG reader in the node, as the agent does; `AUDIT=rules` the rules without a
+//! reader; `AUDIT=off` neither (`--no-audit`).
+//!
 //! `cargo bench -p palisade-enforcer --bench connrate` (root; not run in CI).
 //! `ROUNDS=N`, `RUN_SECS=S`; `ONLY=i|ii|iii|iv` runs one configuration alone (to
 //! profile it, e.g. under `perf record -a -g`).
@@ -409,6 +413,22 @@ fn main() {
             .map(|s| s.members.len())
             .sum::<usize>(),
     );
+    let audit = std::env::var("AUDIT").unwrap_or_else(|_| "reader".into());
+    println!("audit: {audit}");
+    let spool_dir = std::env::temp_dir().join(format!("pal-connrate-spool-{}", std::process::id()));
+    let capture = (audit == "reader").then(|| {
+        let config = palisade_enforcer::audit::AuditConfig {
+            group: 100,
+            window: Duration::from_secs(2),
+            spool_dir: spool_dir.clone(),
+            spool_max_bytes: 64 << 20,
+            keep_previous: Duration::from_secs(30),
+        };
+        let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
+        lab.node.run(|| {
+            palisade_enforcer::audit::Capture::start(&config, "bench", emit).expect("capture")
+        })
+    });
     let mut node = Node {
         lab: &lab,
         enforcer: Enforcer::with_backend(
@@ -416,7 +436,7 @@ fn main() {
             ApplyOptions {
                 reject: false,
                 revoke: false,
-                ..ApplyOptions::default()
+                audit: (audit != "off").then(palisade_enforcer::AuditRules::default),
             },
         ),
         busy,
@@ -565,4 +585,9 @@ fn main() {
         }
         println!("{line}");
     }
+    if let Some(c) = capture {
+        println!("audit reader: {:?}", c.counters());
+        c.stop();
+    }
+    let _ = std::fs::remove_dir_all(&spool_dir);
 }
