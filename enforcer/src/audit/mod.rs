@@ -241,42 +241,8 @@ impl Reader {
         losses: &mut WindowLosses,
         next_seq: &mut Option<u32>,
     ) {
-        let now = Instant::now();
-        let now_ms = now_ms();
         let attribution = self.attribution.lock().unwrap_or_else(|e| e.into_inner());
-        nflog::parse_datagram(data, &mut |parsed| match parsed {
-            Parsed::Record(record) => {
-                if let Some(seq) = record.seq {
-                    if let Some(expected) = *next_seq {
-                        let lost = u64::from(seq.wrapping_sub(expected));
-                        // A jump back (the group was re-bound) is no loss.
-                        if lost > 0 && lost < 1 << 31 {
-                            losses.overrun_lost += lost;
-                            self.counters
-                                .overrun_lost
-                                .fetch_add(lost, Ordering::Relaxed);
-                        }
-                    }
-                    *next_seq = Some(seq.wrapping_add(1));
-                }
-                let at = record.timestamp_ms.unwrap_or(now_ms);
-                match attribution.decision(&record, at, now) {
-                    Ok(d) => {
-                        self.counters.records.fetch_add(1, Ordering::Relaxed);
-                        agg.add(d);
-                    }
-                    Err(_) => {
-                        self.counters.unattributed.fetch_add(1, Ordering::Relaxed);
-                        losses.unattributed += 1;
-                    }
-                }
-            }
-            Parsed::Malformed(_) => {
-                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                losses.malformed += 1;
-            }
-            Parsed::Ack(_) => {}
-        });
+        take_datagram(data, &attribution, &self.counters, agg, losses, next_seq);
     }
 
     /// Ends the window: its decisions and losses go to the spool.
@@ -326,5 +292,139 @@ impl Reader {
                 "spool_dropped": self.spool.dropped(),
             }}));
         }
+    }
+}
+
+/// Decodes one datagram into the window: records attributed and aggregated,
+/// malformed messages, unknown ids and sequence-number jumps counted (the reader
+/// goes on whatever a message holds).
+fn take_datagram(
+    data: &[u8],
+    attribution: &Attribution,
+    counters: &Counters,
+    agg: &mut Aggregator,
+    losses: &mut WindowLosses,
+    next_seq: &mut Option<u32>,
+) {
+    let now = Instant::now();
+    let now_ms = now_ms();
+    nflog::parse_datagram(data, &mut |parsed| match parsed {
+        Parsed::Record(record) => {
+            if let Some(seq) = record.seq {
+                sequence(seq, next_seq, counters, losses);
+            }
+            let at = record.timestamp_ms.unwrap_or(now_ms);
+            match attribution.decision(&record, at, now) {
+                Ok(d) => {
+                    counters.records.fetch_add(1, Ordering::Relaxed);
+                    agg.add(d);
+                }
+                Err(_) => {
+                    counters.unattributed.fetch_add(1, Ordering::Relaxed);
+                    losses.unattributed += 1;
+                }
+            }
+        }
+        Parsed::Unreadable { seq, .. } => {
+            // The message reached us (no kernel loss), the ones before it may not have.
+            sequence(seq, next_seq, counters, losses);
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            losses.malformed += 1;
+        }
+        Parsed::Malformed(_) => {
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            losses.malformed += 1;
+        }
+        Parsed::Ack(_) => {}
+    });
+}
+
+/// Follows the group's message numbers: a jump forward is the number of messages the
+/// kernel dropped; a jump back (the group was bound again) is no loss.
+fn sequence(seq: u32, next_seq: &mut Option<u32>, counters: &Counters, losses: &mut WindowLosses) {
+    if let Some(expected) = *next_seq {
+        let lost = u64::from(seq.wrapping_sub(expected));
+        if lost > 0 && lost < 1 << 31 {
+            losses.overrun_lost += lost;
+            counters.overrun_lost.fetch_add(lost, Ordering::Relaxed);
+        }
+    }
+    *next_seq = Some(seq.wrapping_add(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::packet::tests::v4_tcp_syn;
+    use crate::render::RuleRef;
+    use palisade_policy::model::{Action, Direction};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn malformed_and_lost_messages_are_counted_and_the_rest_goes_on() {
+        let mut ids = BTreeMap::new();
+        ids.insert(
+            "T1DI-2".to_string(),
+            RuleRef {
+                id: "T1DI-2".into(),
+                tier: "networkpolicy".into(),
+                policy: None,
+                direction: Direction::Ingress,
+                rule_index: None,
+                rule_name: None,
+                action: Action::Deny,
+                isolated_by: vec![],
+            },
+        );
+        let mut attribution = Attribution::new("n1", Duration::from_secs(30));
+        attribution.update(Arc::new(ids), &[], Instant::now());
+        let counters = Counters::default();
+        let mut agg = Aggregator::default();
+        let mut losses = WindowLosses::default();
+        let mut next_seq = None;
+        let syn = v4_tcp_syn();
+        // seq 1 good; seq 2 truncated inside the IP header; seq 3 unknown id; seq 7 good
+        // (4, 5, 6 dropped by the kernel); then a datagram cut in the middle of a message.
+        let mut first = nflog::packet_message("T1DI-2", &syn, 2, 1);
+        first.extend(nflog::packet_message("T1DI-2", &syn[..9], 2, 2));
+        first.extend(nflog::packet_message("PnopeR0I", &syn, 2, 3));
+        first.extend(nflog::packet_message("T1DI-2", &syn, 2, 7));
+        take_datagram(
+            &first,
+            &attribution,
+            &counters,
+            &mut agg,
+            &mut losses,
+            &mut next_seq,
+        );
+        let cut = nflog::packet_message("T1DI-2", &syn, 2, 8);
+        take_datagram(
+            &cut[..cut.len() - 5],
+            &attribution,
+            &counters,
+            &mut agg,
+            &mut losses,
+            &mut next_seq,
+        );
+        // And the reader goes on: the next datagram is decoded.
+        take_datagram(
+            &nflog::packet_message("T1DI-2", &syn, 2, 8),
+            &attribution,
+            &counters,
+            &mut agg,
+            &mut losses,
+            &mut next_seq,
+        );
+        assert_eq!(counters.records.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.malformed.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.unattributed.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.overrun_lost.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            (losses.malformed, losses.unattributed, losses.overrun_lost),
+            (2, 1, 3)
+        );
+        let decisions = agg.take();
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(decisions[0].count, 3);
     }
 }

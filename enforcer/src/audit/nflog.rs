@@ -77,6 +77,12 @@ pub enum Parsed {
     Record(LogRecord),
     /// A message that could not be decoded (counted and skipped).
     Malformed(String),
+    /// An NFLOG message whose sequence number was read but not the rest (counted and
+    /// skipped like `Malformed`; its number is no loss of the kernel's).
+    Unreadable {
+        seq: u32,
+        reason: String,
+    },
     /// An acknowledgement or error of a config request (0: success, else -errno).
     Ack(i32),
 }
@@ -148,10 +154,13 @@ fn parse_packet(msg: &[u8]) -> Parsed {
         };
         let len = usize::from(len);
         if len < 4 || len > attrs.len() {
-            return Parsed::Malformed(format!(
-                "NFLOG attribute length {len} with {} bytes left",
-                attrs.len()
-            ));
+            return bad(
+                seq,
+                format!(
+                    "NFLOG attribute length {len} with {} bytes left",
+                    attrs.len()
+                ),
+            );
         }
         let value = &attrs[4..len];
         match kind & 0x3fff {
@@ -159,7 +168,7 @@ fn parse_packet(msg: &[u8]) -> Parsed {
                 let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
                 match std::str::from_utf8(&value[..end]) {
                     Ok(s) => prefix = Some(s.to_string()),
-                    Err(_) => return Parsed::Malformed("NFLOG prefix is not UTF-8".into()),
+                    Err(_) => return bad(seq, "NFLOG prefix is not UTF-8".into()),
                 }
             }
             NFULA_PAYLOAD => payload = Some(value),
@@ -176,10 +185,10 @@ fn parse_packet(msg: &[u8]) -> Parsed {
         attrs = attrs.get(align4(len)..).unwrap_or_default();
     }
     let Some(prefix) = prefix else {
-        return Parsed::Malformed("NFLOG message without a prefix".into());
+        return bad(seq, "NFLOG message without a prefix".into());
     };
     let Some(payload) = payload else {
-        return Parsed::Malformed(format!("NFLOG message {prefix} without a payload"));
+        return bad(seq, format!("NFLOG message {prefix} without a payload"));
     };
     match decode(payload) {
         Ok(packet) => Parsed::Record(LogRecord {
@@ -188,7 +197,15 @@ fn parse_packet(msg: &[u8]) -> Parsed {
             timestamp_ms,
             seq,
         }),
-        Err(e) => Parsed::Malformed(format!("NFLOG message {prefix}: {e}")),
+        Err(e) => bad(seq, format!("NFLOG message {prefix}: {e}")),
+    }
+}
+
+/// A message that could not be decoded, with its sequence number when that was read.
+fn bad(seq: Option<u32>, reason: String) -> Parsed {
+    match seq {
+        Some(seq) => Parsed::Unreadable { seq, reason },
+        None => Parsed::Malformed(reason),
     }
 }
 
@@ -508,7 +525,7 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert!(matches!(out[0], Parsed::Record(_)));
         assert!(
-            matches!(&out[1], Parsed::Malformed(m) if m.contains("PbadR1I")),
+            matches!(&out[1], Parsed::Unreadable { seq: 2, reason } if reason.contains("PbadR1I")),
             "{out:?}"
         );
         assert!(matches!(out[2], Parsed::Record(_)));
@@ -517,12 +534,15 @@ mod tests {
         // Overwrite the prefix attribute's type with an unknown one.
         let at = NLMSG_HDRLEN + NFGENMSG_LEN + 8 + 8 + 2;
         noprefix[at..at + 2].copy_from_slice(&99u16.to_ne_bytes());
-        assert!(matches!(&parse(&noprefix)[0], Parsed::Malformed(m) if m.contains("prefix")));
+        assert!(
+            matches!(&parse(&noprefix)[0], Parsed::Unreadable { reason, .. } if reason.contains("prefix"))
+        );
         // An attribute longer than the message.
         let mut longattr = good.clone();
         let at = NLMSG_HDRLEN + NFGENMSG_LEN;
         longattr[at..at + 2].copy_from_slice(&999u16.to_ne_bytes());
         assert!(matches!(parse(&longattr)[0], Parsed::Malformed(_)));
+        // (the length of the first attribute is broken: the sequence number after it is unread)
         // A netlink length beyond the datagram: one Malformed, nothing else.
         let truncated = &good[..good.len() - 8];
         let out = parse(truncated);
