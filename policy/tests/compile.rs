@@ -142,3 +142,46 @@ fn named_ports_resolve_per_destination_pod() {
         ]
     );
 }
+
+#[test]
+fn a_policys_audit_setting_is_compiled_and_absent_settings_stay_out_of_the_state() {
+    let mut c = cluster(2, 0);
+    let mut quiet = c.policies[0].clone();
+    quiet.id.name = "quiet".into();
+    quiet.audit = Some(AuditMode::None);
+    c.policies.push(quiet);
+    let engine = Engine::new(c).expect("valid");
+    let rs = compile_node(&engine, "n1", 1);
+    let audit = |name: &str| {
+        rs.policies
+            .iter()
+            .find(|p| p.id.name == name)
+            .map(|p| p.audit)
+            .expect("compiled")
+    };
+    assert_eq!(audit("quiet"), Some(AuditMode::None));
+    assert_eq!(audit("allow-80"), None);
+    // The operator's default applies to policies without a setting; all when unset.
+    let allow = rs
+        .policies
+        .iter()
+        .find(|p| p.id.name == "allow-80")
+        .expect("compiled");
+    assert_eq!(rs.audit_of(allow), AuditMode::All);
+    let mut with_default = rs.clone();
+    with_default.audit_default = Some(AuditMode::Deny);
+    assert_eq!(with_default.audit_of(allow), AuditMode::Deny);
+    let quiet = rs
+        .policies
+        .iter()
+        .find(|p| p.id.name == "quiet")
+        .expect("compiled");
+    assert_eq!(with_default.audit_of(quiet), AuditMode::None);
+    // Unset settings are not serialised (states and digests without audit settings are
+    // unchanged) and a state without them parses.
+    let json = serde_json::to_string(&rs).expect("serialises");
+    assert_eq!(json.matches("\"audit\"").count(), 1, "{json}");
+    assert!(!json.contains("audit_default"));
+    let back: palisade_policy::compiled::NodeRuleSet = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back, rs);
+}
