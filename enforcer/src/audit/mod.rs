@@ -43,6 +43,9 @@ pub use spool::{Spool, SpoolError};
 
 use crate::stream::Emit;
 
+/// Most decisions in one batch.
+pub const MAX_BATCH: usize = 5_000;
+
 /// The enforcer's audit settings.
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
@@ -272,16 +275,25 @@ impl Reader {
         if agg.is_empty() && gaps.is_empty() {
             return;
         }
-        let decisions = agg.take();
+        let mut decisions = agg.take();
         let abnormal = !gaps.is_empty();
-        let lost: u64 = decisions.iter().map(|d| d.count).sum();
-        match self.spool.append(decisions, gaps) {
-            Ok(_) => {
-                self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
-                (self.emit)(json!({"error": format!("audit spool: {e}"), "decisions_lost": lost}));
+        // Batches of at most MAX_BATCH decisions (a window of distinct connections
+        // can hold many), the gaps with the first.
+        let mut gaps = Some(gaps);
+        while !decisions.is_empty() || gaps.is_some() {
+            let rest = decisions.split_off(decisions.len().min(MAX_BATCH));
+            let chunk = std::mem::replace(&mut decisions, rest);
+            let lost: u64 = chunk.iter().map(|d| d.count).sum();
+            match self.spool.append(chunk, gaps.take().unwrap_or_default()) {
+                Ok(_) => {
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
+                    (self.emit)(
+                        json!({"error": format!("audit spool: {e}"), "decisions_lost": lost}),
+                    );
+                }
             }
         }
         if abnormal {
