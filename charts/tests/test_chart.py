@@ -89,7 +89,8 @@ BASE_KINDS = Counter(
         "Service": 1,
         # operator + enforcer, and the uninstall hook's
         "ServiceAccount": 3,
-        "ClusterRole": 2,
+        # operator, uninstall hook, audit reader
+        "ClusterRole": 3,
         "ClusterRoleBinding": 2,
         "Role": 2,
         "RoleBinding": 2,
@@ -103,7 +104,8 @@ VALUE_SETS = {
     "defaults": ({}, BASE_KINDS + Counter({"PersistentVolumeClaim": 1})),
     "postgres": (POSTGRES, BASE_KINDS),
     "ha": ({**POSTGRES, "operator": {"replicas": 3}}, BASE_KINDS),
-    "ha-without-audit": ({"audit": {"enabled": False}, "operator": {"replicas": 2}}, BASE_KINDS),
+    "ha-without-audit": ({"audit": {"enabled": False}, "operator": {"replicas": 2}}, BASE_KINDS - Counter({"ClusterRole": 1})),
+    "audit-and-reports-off": ({"audit": {"enabled": False}, "reports": {"api": "none"}}, BASE_KINDS - Counter({"ClusterRole": 1})),
     "crd-toggles-off": (
         {"reports": {"api": "both", "installCRDs": False}, "uninstall": {"cleanup": False}},
         BASE_KINDS
@@ -181,6 +183,10 @@ def table_rules(rows: list[dict], values: dict) -> set:
         None: True,
         "generatedTls": not values.get("tls", {}).get("certManager", {}).get("enabled", False),
         "audit": values.get("audit", {}).get("enabled", True),
+        "auditApi": values.get("audit", {}).get("enabled", True)
+        and values.get("audit", {}).get("api", {}).get("enabled", True),
+        # the chart runs the operator with --no-report-crds (it installs the CRDs itself)
+        "operatorReportCrds": False,
         "wgpolicyk8s": values.get("reports", {}).get("api", "wgpolicyk8s") in ("wgpolicyk8s", "both"),
         "openreports": values.get("reports", {}).get("api", "wgpolicyk8s") in ("openreports", "both"),
         "reports": values.get("reports", {}).get("api", "wgpolicyk8s") != "none",
@@ -251,7 +257,14 @@ def test_operator_deployment(chart):
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"health": 9090, "stream": 9443}
+    assert ports == {"health": 9090, "stream": 9443, "audit": 9444}
+    assert a["--audit-database"] == ["sqlite:///var/lib/palisade-operator/audit.db"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "audit")
+    assert a["--audit-database"][0].removeprefix("sqlite://").startswith(mount["mountPath"] + "/")
+    assert a["--audit-retention-age"] == ["7d"] and a["--audit-retention-rows"] == ["10000000"]
+    assert a["--audit-default"] == ["all"]
+    assert a["--audit-api-listen"] == ["0.0.0.0:9444"]
+    assert a["--report-api"] == ["wgpolicyk8s"] and "--no-report-crds" in a
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e for e in c["env"]}
@@ -273,6 +286,8 @@ def test_ha_with_postgres(chart):
     env = {e["name"]: e for e in c["env"]}
     ref = env["PALISADE_AUDIT_DATABASE"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "palisade-db", "key": "url"}
+    # The URL reaches the flag through the kubelet's $(VAR) expansion, never the pod spec.
+    assert args(c)["--audit-database"] == ["$(PALISADE_AUDIT_DATABASE)"]
     assert all(v["name"] != "audit" for v in dep["spec"]["template"]["spec"]["volumes"])
     assert "PersistentVolumeClaim" not in kinds(objects)
 
@@ -319,7 +334,9 @@ def test_the_service_serves_stream_and_metrics(chart):
     objects = render(chart, {})
     svc = one(objects, "Service")
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
-    assert ports == {"stream": (9443, "stream"), "metrics": (9090, "health")}
+    assert ports == {"stream": (9443, "stream"), "metrics": (9090, "health"), "audit": (9444, "audit")}
+    svc = one(render(chart, {"audit": {"api": {"enabled": False}}}), "Service")
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"stream", "metrics"}
     dep = one(objects, "Deployment")
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
@@ -406,7 +423,10 @@ BAD_VALUES = {
     "postgres without a secret": {"audit": {"storage": "postgres"}},
     "zero replicas": {"operator": {"replicas": 0}},
     "unknown audit storage": {"audit": {"storage": "mysql"}},
-    "negative retention": {"audit": {"retentionDays": -1}},
+    "negative retention rows": {"audit": {"retention": {"rows": -1}}},
+    "negative retention age": {"audit": {"retention": {"age": "-7d"}}},
+    "retention age without unit": {"audit": {"retention": {"age": "7"}}},
+    "unknown audit default": {"audit": {"default": "denied"}},
     "unknown report api": {"reports": {"api": "kyverno"}},
     "unknown backend": {"enforcer": {"backend": "ebpf"}},
     "unknown top-level key": {"operatr": {"replicas": 1}},
@@ -576,3 +596,28 @@ def test_the_argument_check_catches_an_unknown_flag():
         parses([str(binary("palisade-operator")), "--source=kubernetes", "--no-such-flag=1"])
     with pytest.raises(AssertionError):
         parses([str(binary("palisade-enforcer")), "agent", "--backend=ebpf"])
+
+
+def test_audit_and_reports_off(chart):
+    objects = render(chart, {"audit": {"enabled": False}, "reports": {"api": "none"}})
+    op = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    a = args(op)
+    assert a["--audit-database"] == ["none"] and "--no-reports" in a
+    assert not any(f.startswith(("--audit-retention", "--audit-api", "--report-api")) for f in a)
+    assert all(v["name"] != "audit" for v in one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"])
+    enf = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert "--no-audit" in args(enf), "no capture when nothing stores it"
+    rules = operator_rules(objects)
+    assert not any(r[1] in ("wgpolicyk8s.io", "openreports.io", "authorization.k8s.io") for r in rules)
+    assert not any(r[2] == "customresourcedefinitions" for r in rules)
+    assert "--no-audit" not in args(one(render(chart, {}), "DaemonSet")["spec"]["template"]["spec"]["containers"][0])
+
+
+@pytest.mark.parametrize("api", ["wgpolicyk8s", "openreports", "both"])
+def test_report_api_and_its_rights(chart, api):
+    objects = render(chart, {"reports": {"api": api}})
+    a = args(one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    assert a["--report-api"] == [api]
+    groups = {r[1] for r in operator_rules(objects)}
+    assert ("wgpolicyk8s.io" in groups) == (api in ("wgpolicyk8s", "both"))
+    assert ("openreports.io" in groups) == (api in ("openreports", "both"))

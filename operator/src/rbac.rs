@@ -41,7 +41,10 @@ pub struct Permission {
     pub scope: Scope,
     /// Granted only when this chart feature is on (`null`: always). The chart maps each
     /// name to its values (see `charts/palisade/templates/_helpers.tpl`, `palisade.feature`):
-    /// `generatedTls` (the operator writes the stream's certificate Secret).
+    /// `generatedTls` (the operator writes the stream's certificate Secret), `auditApi` (the
+    /// audit query API is served), `wgpolicyk8s` / `openreports` / `reports` (the report
+    /// APIs written), `operatorReportCrds` (the operator creates the report CRDs: never with
+    /// the chart, which installs them itself and passes `--no-report-crds`).
     pub feature: Option<&'static str>,
     /// The code that makes the call.
     pub why: &'static str,
@@ -139,13 +142,16 @@ pub const OPERATOR: &[Permission] = &[
         Scope::Cluster,
         "stream::auth checks the enforcers' tokens",
     ),
-    row(
-        "authorization.k8s.io",
-        "subjectaccessreviews",
-        &["create"],
-        Scope::Cluster,
-        "audit::access checks the query API's callers' permission (audit.palisade.io decisions)",
-    ),
+    Permission {
+        feature: Some("auditApi"),
+        ..row(
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            &["create"],
+            Scope::Cluster,
+            "audit::access checks the query API's callers' permission (audit.palisade.io decisions)",
+        )
+    },
     row(
         "coordination.k8s.io",
         "leases",
@@ -154,7 +160,9 @@ pub const OPERATOR: &[Permission] = &[
         "leader election",
     ),
     Permission {
-        feature: Some("reports"),
+        // The chart installs the report CRDs itself and runs the operator with
+        // --no-report-crds, so it never grants this row.
+        feature: Some("operatorReportCrds"),
         ..row(
             "apiextensions.k8s.io",
             "customresourcedefinitions",

@@ -82,6 +82,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if not $f -}}true
 {{- else if eq $f "generatedTls" -}}{{ if not $ctx.Values.tls.certManager.enabled }}true{{ end }}
 {{- else if eq $f "audit" -}}{{ if $ctx.Values.audit.enabled }}true{{ end }}
+{{- else if eq $f "auditApi" -}}{{ if and $ctx.Values.audit.enabled $ctx.Values.audit.api.enabled }}true{{ end }}
+{{- else if eq $f "operatorReportCrds" -}}{{- /* never: the operator runs with --no-report-crds */ -}}
 {{- else if eq $f "wgpolicyk8s" -}}{{ if has $ctx.Values.reports.api (list "wgpolicyk8s" "both") }}true{{ end }}
 {{- else if eq $f "openreports" -}}{{ if has $ctx.Values.reports.api (list "openreports" "both") }}true{{ end }}
 {{- else if eq $f "reports" -}}{{ if ne $ctx.Values.reports.api "none" }}true{{ end }}
@@ -90,9 +92,33 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
 {{/*
-Audit and report flags of the operator. Only flags palisade-operator accepts are rendered (an
-unknown flag stops it at start); values whose flag does not exist yet are kept but not passed
-(listed in charts/palisade/README.md).
+Audit and report flags of the operator (operator/src/audit/args.rs, operator/src/report/mod.rs).
+charts/tests runs palisade-operator's own parser on every rendering, so a flag it does not
+accept fails the test, not a cluster.
 */}}
 {{- define "palisade.operator.auditArgs" -}}
+{{- $a := .Values.audit }}
+{{- if not $a.enabled }}
+- --audit-database=none
+{{- else if eq $a.storage "postgres" }}
+- --audit-database=$(PALISADE_AUDIT_DATABASE)
+{{- else }}
+- --audit-database=sqlite:///var/lib/palisade-operator/audit.db
+{{- end }}
+{{- if $a.enabled }}
+- --audit-retention-age={{ $a.retention.age }}
+- --audit-retention-rows={{ int64 $a.retention.rows }}
+- --audit-default={{ $a.default }}
+{{- if $a.api.enabled }}
+- --audit-api-listen=0.0.0.0:{{ $a.api.port }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.reports.api "none" }}
+- --no-reports
+{{- else }}
+- --report-api={{ .Values.reports.api }}
+{{- end }}
+{{- /* The chart installs the report CRDs itself (reports.installCRDs) or leaves them to
+another tool: the operator never creates them, and needs no right to. */}}
+- --no-report-crds
 {{- end }}
