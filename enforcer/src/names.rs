@@ -168,6 +168,17 @@ pub fn isolation_id(tier_default_id: &str, tier_chain_key: &str) -> String {
     format!("{tier_default_id}-{:016x}", fnv64(tier_chain_key))
 }
 
+/// NFLOG prefix of a connection every tier of a pod passed (allowed, no rule
+/// decided): `T<last tier hash>P<I|E>-<hash of the pod chain>`.
+pub fn pass_through_id(last_tier: &str, direction: Direction, pod_chain_key: &str) -> String {
+    format!(
+        "T{:016x}P{}-{:016x}",
+        fnv64(last_tier),
+        dir_letter(direction),
+        fnv64(pod_chain_key)
+    )
+}
+
 /// Short id of a tier's default decision: `T<tier hash>D<I|E>`.
 pub fn tier_default_id(tier: &str, direction: Direction) -> String {
     format!("T{:016x}D{}", fnv64(tier), dir_letter(direction))

@@ -30,7 +30,8 @@
 //!                  -d <pod isolated for egress>  → PALISADE-DENY;  fall off → RETURN
 //! ```
 //!
-//! A pod with a single tier in a direction dispatches straight to its tier chain.
+//! A pod with a single tier in a direction dispatches straight to its tier chain,
+//! unless the connections that every tier passes are logged (see "Audit").
 //!
 //! Why marks: policy chains are shared by every local pod a policy selects (so a
 //! policy selecting 100 local pods costs its rules once, not 100 times), and a shared
@@ -77,6 +78,19 @@
 //! POSTROUTING) after, so FORWARD sees the pod's own address as source and
 //! destination; one `-s IP -d IP -j RETURN` per isolated local pod address lets it
 //! through before any pod chain.
+//!
+//! # Audit
+//!
+//! With [`RenderOptions::audit`], decisions are logged through NFLOG before they take
+//! effect, under the id of what decided (the prefix): an Accept rule goes to
+//! `PALISADE-L-<hash>` (NFLOG, then the ACCEPT mark), a Deny rule to one that logs
+//! rate-limited per source (hashlimit) and then denies; a tier chain's default denial
+//! logs (rate-limited) under an id that also names the chain, so it maps to the
+//! policies isolating the pod; a pod whose last tier can pass gets a pod chain that
+//! logs, after that tier, the connections no tier accepted (allowed, no rule decided).
+//! Which rules log follows [`NodeRuleSet::audit_of`] (Pass rules never do). Only the
+//! pod chains' NEW packets get there, so an allowed connection is logged once per
+//! direction.
 //!
 //! # Ids
 //!
@@ -412,6 +426,11 @@ fn describe(r: &RuleRef) -> String {
                 .unwrap_or_default(),
             r.action
         ),
+        None if r.action == Action::Accept => format!(
+            "{} every tier passed (last: {}), Accept",
+            r.direction.as_str(),
+            r.tier
+        ),
         None => format!(
             "tier {} {} default {:?}",
             r.tier,
@@ -696,10 +715,18 @@ impl<'a> FamilyRenderer<'a> {
         for tp in list {
             tiers.push(self.tier_chain(direction, tp)?);
         }
-        if let [only] = tiers.as_slice() {
+        // Allowed because every tier passed (the last one ends in Pass): no rule
+        // decided, so the pod chain logs it after the last tier.
+        let pass_log = self.pass_through_logged(list);
+        if let ([only], false) = (tiers.as_slice(), pass_log) {
             return Ok(only.clone());
         }
-        let key = format!("{}|{}", dir_word(direction), tiers.join(","));
+        let key = format!(
+            "{}|{}{}",
+            dir_word(direction),
+            tiers.join(","),
+            if pass_log { "|log" } else { "" }
+        );
         let name = names::pod_chain(direction, &key);
         if self.claim(&name, format!("pod chain {key}"))? {
             let mut lines = Vec::new();
@@ -713,9 +740,54 @@ impl<'a> FamilyRenderer<'a> {
                     ));
                 }
             }
+            if let (true, Some(audit), Some(last)) = (pass_log, self.opts.audit, list.last()) {
+                let tier = self
+                    .rs
+                    .tiers
+                    .get(last.tier)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default();
+                let id = names::pass_through_id(&tier, direction, &key);
+                self.register(RuleRef {
+                    id: id.clone(),
+                    tier,
+                    policy: None,
+                    direction,
+                    rule_index: None,
+                    rule_name: None,
+                    action: Action::Accept,
+                    isolated_by: Vec::new(),
+                });
+                lines.push(format!(
+                    "-A {name} -m mark ! --mark {}/{} {}",
+                    mark_hex(MARK_ACCEPT),
+                    mark_hex(MARK_ACCEPT),
+                    self.nflog(&audit, &id)
+                ));
+            }
             self.out.chains.insert(name.clone(), lines);
         }
         Ok(name)
+    }
+
+    /// Whether a pod's connections that every tier passes are logged: the last tier
+    /// can end in Pass (not the NetworkPolicy tier, default action Pass) and a policy
+    /// of the pod in that direction records allowed connections.
+    fn pass_through_logged(&self, list: &[TierPolicies]) -> bool {
+        let rs = self.rs;
+        if self.opts.audit.is_none() {
+            return false;
+        }
+        let Some(last) = list.last().and_then(|tp| rs.tiers.get(tp.tier)) else {
+            return false;
+        };
+        if last.networkpolicy || last.default_action == DefaultAction::Deny {
+            return false;
+        }
+        list.iter()
+            .flat_map(|tp| &tp.policies)
+            .filter_map(|&p| rs.policies.get(p))
+            .any(|p| rs.audit_of(p) == AuditMode::All)
     }
 
     fn tier_chain(

@@ -396,3 +396,63 @@ fn the_reader_configures_its_nflog_group() {
     assert_eq!(fields[4], "128", "copy range: {line}");
     assert_eq!(fields[5], "5", "flush timeout: {line}");
 }
+
+#[test]
+fn connections_every_tier_passes_are_logged_too() {
+    // x/p is isolated for egress by an admin-tier policy that only denies 10.9.0.0/16;
+    // everything else passes the tier, and the pod has no other: allowed, no rule decided.
+    let deny_some = mk_rule_set(
+        1,
+        &[LAB_NODE_IP],
+        vec![admin()],
+        vec![mk_set(
+            "blocked",
+            palisade_policy::model::Family::IPv4,
+            &["10.9.0.0/16"],
+            &[],
+        )],
+        vec![mk_policy(
+            PolicyKind::ClusterNetworkPolicy,
+            None,
+            "block",
+            0,
+            vec![],
+            vec![mk_rule(0, Action::Deny, vec![from_sets(&[0])])],
+        )],
+        vec![mk_pod("x", "p", &["10.1.0.2"], vec![], vec![tp(0, &[0])])],
+    );
+    let rendered = render(&deny_some, &RenderOptions::default()).expect("renders");
+    let pass: Vec<_> = rendered
+        .ids
+        .values()
+        .filter(|r| r.action == Action::Accept && r.policy.is_none())
+        .collect();
+    assert_eq!(pass.len(), 1, "{:?}", rendered.ids);
+    assert_eq!(pass[0].direction, Direction::Egress);
+    assert_eq!(pass[0].tier, "admin");
+    let line = format!("--nflog-prefix {}", pass[0].id);
+    let logged: Vec<&String> = rendered
+        .ipv4
+        .chains
+        .values()
+        .flatten()
+        .filter(|l| l.contains(&line))
+        .collect();
+    assert_eq!(logged.len(), 1);
+    assert!(
+        logged[0].contains("-m mark ! --mark 0x2000000/0x2000000"),
+        "only what no tier accepted: {}",
+        logged[0]
+    );
+    // A policy that does not record allowed connections: no pod chain of its own,
+    // the pod dispatches straight to its tier chain as without audit.
+    let mut quiet = deny_some.clone();
+    quiet.policies[0].audit = Some(AuditMode::Deny);
+    let rendered = render(&quiet, &RenderOptions::default()).expect("renders");
+    assert!(rendered.ids.values().all(|r| r.action != Action::Accept));
+    assert!(rendered
+        .ipv4
+        .chains
+        .keys()
+        .all(|c| !c.starts_with("PALISADE-E-")));
+}
