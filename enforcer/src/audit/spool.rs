@@ -60,6 +60,8 @@ struct Inner {
     bytes: u64,
     next_seq: u64,
     acked: u64,
+    /// Gaps for the next batch (spooled batches found unreadable).
+    pending_gaps: Vec<Gap>,
 }
 
 /// The bounded on-disk queue of batches.
@@ -194,6 +196,7 @@ impl Spool {
             decisions,
             gaps,
         };
+        batch.gaps.append(&mut inner.pending_gaps);
         let mut full_gap: Option<Gap> = None;
         let json = loop {
             let mut candidate = batch.clone();
@@ -246,19 +249,49 @@ impl Spool {
     }
 
     /// The first spooled batch after `seq` (in order), read from its file.
+    /// A batch file that cannot be read any more (damaged on disk) is removed and
+    /// becomes a gap of the next batch, so one bad file never stops the others.
     pub fn next_after(&self, seq: u64) -> Result<Option<DecisionBatch>, SpoolError> {
-        let next = {
-            let inner = self.inner();
-            inner
-                .batches
-                .range(seq.saturating_add(1)..)
-                .next()
-                .map(|(s, _)| *s)
-        };
-        match next {
-            Some(s) => read_batch(&self.path(s)).map(Some),
-            None => Ok(None),
+        let mut after = seq;
+        // Bounded by the batches spooled now.
+        let count = self.inner().batches.len();
+        for _ in 0..count {
+            let next = {
+                let inner = self.inner();
+                inner
+                    .batches
+                    .range(after.saturating_add(1)..)
+                    .next()
+                    .map(|(s, m)| (*s, *m))
+            };
+            let Some((s, meta)) = next else {
+                return Ok(None);
+            };
+            let path = self.path(s);
+            match read_batch(&path) {
+                Ok(b) => return Ok(Some(b)),
+                Err(e @ SpoolError::Io { .. }) => return Err(e),
+                Err(SpoolError::Corrupt { reason, .. }) => {
+                    let _ = std::fs::remove_file(&path);
+                    let mut inner = self.inner();
+                    if inner.batches.remove(&s).is_some() {
+                        inner.bytes -= meta.bytes;
+                    }
+                    self.dropped
+                        .fetch_add(meta.lost_if_dropped, Ordering::Relaxed);
+                    let gap = Gap {
+                        node: self.node.clone(),
+                        from_ms: meta.from_ms,
+                        to_ms: meta.to_ms,
+                        lost: meta.lost_if_dropped,
+                        reason: format!("spooled batch {s} unreadable: {reason}"),
+                    };
+                    inner.pending_gaps.push(gap);
+                    after = s;
+                }
+            }
         }
+        Ok(None)
     }
 
     /// The operator stored every batch up to `seq`.
@@ -441,12 +474,25 @@ mod tests {
         assert_eq!(last.gaps[0].lost, 5);
         assert_eq!((last.gaps[0].from_ms, last.gaps[0].to_ms), (0, 1));
         assert!(last.gaps[0].reason.contains("spool full"));
-        // A batch too big for the whole spool keeps only its gap.
+        // A damaged batch file is skipped, and the next batch says what was lost.
+        std::fs::write(spool.path(2), b"{not json").expect("damage");
+        let next = spool.next_after(0).expect("reads").expect("a batch");
+        assert_eq!(next.seq, 3);
+        let seq = spool.append(vec![], vec![]).expect("spooled");
+        let with_gap = spool.next_after(seq - 1).expect("reads").expect("a batch");
+        assert_eq!(with_gap.gaps.len(), 1, "{with_gap:?}");
+        assert_eq!(with_gap.gaps[0].lost, 5);
+        assert!(with_gap.gaps[0].reason.contains("unreadable"));
+        // A batch too big for the whole spool keeps only its gap: everything spooled
+        // before it (batches 3 and 4, 5 decisions each, and the gap batch) and its own
+        // 100 decisions are dropped.
         let many: Vec<Decision> = (0..100).map(|i| decision(1, i)).collect();
         let seq = spool.append(many, vec![]).expect("spooled");
         let big = spool.next_after(seq - 1).expect("reads").expect("a batch");
         assert!(big.decisions.is_empty());
-        assert_eq!(big.gaps.iter().map(|g| g.lost).sum::<u64>(), 100 + 15);
+        assert_eq!(big.gaps.iter().map(|g| g.lost).sum::<u64>(), 100 + 10);
+        assert_eq!(spool.pending().0, 1);
+        assert_eq!(spool.dropped(), 5 + 5 + 110);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
