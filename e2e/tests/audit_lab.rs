@@ -96,8 +96,16 @@ fn essence(r: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    // isolated_by is a JSON array (of the tier's policies in evaluation order): compared
+    // as a sorted list.
+    let mut isolated: Vec<String> = r["isolated_by"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(|t| serde_json::from_str(t).expect("isolated_by is a JSON array"))
+        .unwrap_or_default();
+    isolated.sort();
     format!(
-        "{} {} {} {} {}/{} -> {}/{} :{} tier={} policy={} rule={} isolated_by={}",
+        "{} {} {} {} {}/{} -> {}/{} :{} tier={} policy={} rule={} isolated_by={:?}",
         f("node"),
         f("direction"),
         f("verdict"),
@@ -110,7 +118,7 @@ fn essence(r: &Value) -> String {
         f("tier"),
         f("policy"),
         f("rule_index"),
-        f("isolated_by"),
+        isolated,
     )
 }
 
@@ -164,7 +172,7 @@ fn the_walkthrough_produces_exactly_the_expected_audit_rows() {
     let allowed =
         "n1 ingress allow tcp default/testcurl -> default/testweb :80 tier=networkpolicy \
                    policy=NetworkPolicy default/allow-testcurl-for-testweb rule=0 isolated_by=[]";
-    let isolated = r#"["NetworkPolicy default/deny-all-for-testweb","NetworkPolicy default/allow-testcurl-for-testweb"]"#;
+    let isolated = r#"["NetworkPolicy default/allow-testcurl-for-testweb", "NetworkPolicy default/deny-all-for-testweb"]"#;
     let denied_row = format!(
         "n1 ingress deny tcp default/other -> default/testweb :80 tier=networkpolicy \
          policy=- rule=- isolated_by={isolated}"
