@@ -757,3 +757,54 @@ async fn the_report_task_follows_the_events_and_writes_only_as_leader() {
     assert!(text.contains("result: skip"), "{text}");
     task.abort();
 }
+
+#[tokio::test]
+async fn openreports_get_the_same_results_with_source_and_limits() {
+    let (client, mut v) = verifier::client();
+    let set = Case::new(WEB_ALLOW).set();
+    let (wanted, _) = model::results(&set.reports[&model::Scope::Namespace("prod".into())], now());
+    let wanted = serde_json::to_value(wanted).expect("json");
+    let server = tokio::spawn(async move {
+        let selector = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dpalisade";
+        for plural in ["reports", "clusterreports"] {
+            let (_, send) = v
+                .expect(
+                    "GET",
+                    &format!("/apis/openreports.io/v1alpha1/{plural}?&{selector}"),
+                )
+                .await;
+            send.ok(&json!({"apiVersion": "openreports.io/v1alpha1", "kind": "List", "metadata": {}, "items": []}));
+        }
+        let (body, send) = v
+            .expect(
+                "PATCH",
+                &format!("/apis/openreports.io/v1alpha1/clusterreports/palisade{APPLY}"),
+            )
+            .await;
+        assert_eq!(body["kind"], "ClusterReport");
+        send.ok(&body);
+        let (body, send) = v
+            .expect(
+                "PATCH",
+                &format!("/apis/openreports.io/v1alpha1/namespaces/prod/reports/palisade{APPLY}"),
+            )
+            .await;
+        send.ok(&body);
+        body
+    });
+    let mut writer = KubeWriter::new(client, ReportApi::Openreports, 1000);
+    writer.sync(&set, now()).await.expect("sync");
+    let body = server.await.expect("verifier");
+    assert_eq!(body["apiVersion"], "openreports.io/v1alpha1");
+    assert_eq!(body["kind"], "Report");
+    assert_eq!(body["source"], "palisade");
+    assert_eq!(
+        body["configuration"],
+        json!({"limits": {"maxResults": 1000}})
+    );
+    assert_eq!(
+        results_of(&body),
+        wanted,
+        "the same results as the PolicyReport"
+    );
+}
