@@ -803,8 +803,7 @@ async fn openreports_get_the_same_results_with_source_and_limits() {
         json!({"limits": {"maxResults": 1000}})
     );
     assert_eq!(
-        results_of(&body),
-        wanted,
+        body["results"], wanted,
         "the same results as the PolicyReport"
     );
 }
