@@ -17,7 +17,7 @@ pub struct AuditArgs {
 
     /// Delete decisions last seen longer ago than this (`30m`, `12h`, `7d`; `0`: never).
     #[arg(long, default_value = "7d", value_parser = parse_age, value_name = "AGE")]
-    pub audit_retention_age: Option<Duration>,
+    pub audit_retention_age: MaxAge,
 
     /// Keep at most this many decision rows, deleting the oldest (`0`: no limit).
     #[arg(long, default_value_t = 10_000_000, value_name = "ROWS")]
@@ -61,6 +61,11 @@ impl AuditArgs {
     }
 }
 
+/// A retention age, `None` for never. An alias, so that clap takes the parser's value as
+/// the field's whole value (it treats a field spelled `Option<T>` as an optional `T`, and
+/// panicked on the first parse).
+pub type MaxAge = Option<Duration>;
+
 /// `0` (never), or a number with a unit: `s`, `m`, `h`, `d`.
 pub fn parse_age(text: &str) -> Result<Option<Duration>, String> {
     if text == "0" {
@@ -87,5 +92,24 @@ mod tests {
         for bad in ["", "7", "-1d", "0d", "1y"] {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_flags_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            audit: AuditArgs,
+        }
+        let defaults = Cli::try_parse_from(["operator"]).expect("defaults parse");
+        assert_eq!(
+            defaults.audit.audit_retention_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        let never =
+            Cli::try_parse_from(["operator", "--audit-retention-age", "0"]).expect("0 parses");
+        assert_eq!(never.audit.audit_retention_age, None);
+        assert!(Cli::try_parse_from(["operator", "--audit-retention-age", "7"]).is_err());
     }
 }
