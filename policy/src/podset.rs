@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(sparse.iter().collect::<Vec<_>>(), listed);
         assert_eq!((dense.len(), sparse.len()), (5, 5));
         let full = PodSet::from_sorted((0..130).collect(), 130);
-        assert_eq!(full.iter().collect::<Vec<_>>(), (0..130).collect::<Vec<_>>());
+        assert_eq!(
+            full.iter().collect::<Vec<_>>(),
+            (0..130).collect::<Vec<_>>()
+        );
         assert_eq!(PodSet::Dense(vec![0, 0]).iter().count(), 0);
         assert!(!dense.contains(10_000));
     }
