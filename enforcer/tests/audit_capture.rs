@@ -4,6 +4,7 @@
 //! setting (rendered text, no root needed).
 
 mod common;
+mod dataplane_common;
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
@@ -455,4 +456,151 @@ fn connections_every_tier_passes_are_logged_too() {
         .chains
         .keys()
         .all(|c| !c.starts_with("PALISADE-E-")));
+}
+
+/// An ICMPv6 echo request from the calling thread's namespace (raw socket: the kernel
+/// fills in the checksum).
+fn ping6(to: std::net::Ipv6Addr) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2), checked.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+    assert!(
+        fd >= 0,
+        "raw ICMPv6 socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let echo = [128u8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    // SAFETY: a zeroed sockaddr_in6 with family and address set is valid.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    addr.sin6_addr.s6_addr = to.octets();
+    // SAFETY: echo and addr are valid for the given lengths.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            echo.as_ptr().cast(),
+            echo.len(),
+            0,
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        echo.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn ipv6_decisions_are_captured_with_ports_and_icmpv6_types() {
+    use dataplane_common::{DsLab, Neigh, NODE_V4, NODE_V6};
+    if !can_netns("audit capture ipv6") {
+        return;
+    }
+    let lab = DsLab::new(
+        &[
+            ("a", None, Some("2001:db8:7::a")),
+            ("b", None, Some("2001:db8:7::b")),
+        ],
+        Neigh::Static,
+    );
+    let (a, b) = (lab.pod("a").ip(true), lab.pod("b").ip(true));
+    let rs = mk_rule_set(
+        1,
+        &[NODE_V4, NODE_V6],
+        vec![np_tier()],
+        vec![mk_set(
+            "a6",
+            palisade_policy::model::Family::IPv6,
+            &[&format!("{a}/128")],
+            &[],
+        )],
+        vec![mk_policy(
+            PolicyKind::NetworkPolicy,
+            Some("ns"),
+            "b-from-a",
+            0,
+            vec![mk_rule(
+                0,
+                Action::Accept,
+                vec![mk_match(Some(vec![0]), Some(vec![udp(9000)]), None)],
+            )],
+            vec![],
+        )],
+        vec![mk_pod(
+            "ns",
+            "b",
+            &[&b.to_string()],
+            vec![tp(0, &[0])],
+            vec![],
+        )],
+    );
+    let dir = spool_dir("ipv6");
+    let config = AuditConfig {
+        group: 100,
+        window: Duration::from_millis(200),
+        spool_dir: dir.clone(),
+        spool_max_bytes: 1 << 20,
+        keep_previous: Duration::from_secs(30),
+    };
+    let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
+    let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
+    let capture = lab.node.run(|| {
+        enforcer.apply(&rs).expect("apply");
+        Capture::start(&config, "node-a", emit).expect("capture starts")
+    });
+    {
+        let (ids, applied) = enforcer.attribution();
+        let pods = applied.map(|r| r.pods.clone()).unwrap_or_default();
+        capture
+            .attribution
+            .lock()
+            .expect("lock")
+            .update(ids, &pods, Instant::now());
+    }
+    let std::net::IpAddr::V6(b6) = b else {
+        panic!("b has an IPv6 address")
+    };
+    lab.pod("a").ns.run(|| {
+        let s = UdpSocket::bind("[::]:0").expect("bind");
+        s.send_to(b"allowed", (b, 9000)).expect("send");
+        s.send_to(b"denied", (b, 9001)).expect("send");
+        ping6(b6);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while capture.counters().records < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spool = Arc::clone(&capture.spool);
+    capture.stop();
+    let decisions = spooled(&spool);
+    lab.node
+        .run(|| palisade_enforcer::cleanup().expect("cleanup"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let find = |proto: &str, port: Option<u16>| {
+        decisions
+            .values()
+            .find(|d| d.protocol == proto && d.dst_port == port)
+            .unwrap_or_else(|| panic!("no {proto} {port:?} record in {decisions:#?}"))
+    };
+    let allowed = find("udp", Some(9000));
+    assert_eq!((allowed.src_ip, allowed.dst_ip), (a, b));
+    assert_eq!(allowed.verdict, Verdict::Allow);
+    assert_eq!(allowed.policy.as_deref(), Some("NetworkPolicy ns/b-from-a"));
+    assert_eq!(allowed.src_port, None, "source ports are not kept");
+    let denied = find("udp", Some(9001));
+    assert_eq!(denied.verdict, Verdict::Deny);
+    assert_eq!(
+        denied.isolated_by,
+        vec!["NetworkPolicy ns/b-from-a".to_string()]
+    );
+    // ICMPv6: the type (echo request, 128) in src_port, the code in dst_port.
+    let ping = find("icmpv6", Some(0));
+    assert_eq!((ping.src_port, ping.verdict), (Some(128), Verdict::Deny));
+    assert_eq!(decisions.len(), 3, "{decisions:#?}");
 }
