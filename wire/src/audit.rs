@@ -176,7 +176,10 @@ mod tests {
             }],
         });
         let text = serde_json::to_string(&batch).expect("serialises");
-        assert!(text.starts_with(r#"{"decisions":{"source":"n1/abc""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"decisions":{"source":"n1/abc""#),
+            "{text}"
+        );
         assert_eq!(
             serde_json::from_str::<ClientMessage>(&text).expect("parses"),
             batch
