@@ -110,9 +110,9 @@ impl DecisionFilter {
         }
     }
 
-    /// `SELECT * FROM decisions WHERE ...` with every value a parameter.
-    pub fn build(&self, style: Placeholders) -> Result<BuiltQuery, AuditError> {
-        let limit = self.limit()?;
+    /// Checks the limit and the time range.
+    pub fn validate(&self) -> Result<(), AuditError> {
+        self.limit()?;
         if let (Some(since), Some(until)) = (self.since_ms, self.until_ms) {
             if since > until {
                 return Err(AuditError::Filter(format!(
@@ -120,6 +120,13 @@ impl DecisionFilter {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// `SELECT * FROM decisions WHERE ...` with every value a parameter.
+    pub fn build(&self, style: Placeholders) -> Result<BuiltQuery, AuditError> {
+        self.validate()?;
+        let limit = self.limit()?;
         let mut c = Conditions::new(style);
         self.either_side(&mut c);
         for (column, value) in [

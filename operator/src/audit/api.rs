@@ -155,7 +155,7 @@ impl Params {
             Some(s) if s.is_empty() => Err(Failure::bad(format!("{name} is empty"))),
             other => Ok(other.clone()),
         };
-        Ok(DecisionFilter {
+        let filter = DecisionFilter {
             namespace: nonempty(&self.namespace, "namespace")?,
             pod: nonempty(&self.pod, "pod")?,
             src_namespace: nonempty(&self.src_namespace, "src_namespace")?,
@@ -177,7 +177,9 @@ impl Params {
                 })
                 .transpose()?,
             limit: self.limit()?,
-        })
+        };
+        filter.validate()?;
+        Ok(filter)
     }
 }
 

@@ -23,6 +23,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod pod_ips;
 pub mod retention;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::str::FromStr;

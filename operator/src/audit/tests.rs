@@ -1,0 +1,307 @@
+//! The query API against a mocked API server (TokenReview, SubjectAccessReview: the exact
+//! requests asserted) and a real SQLite file.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use palisade_audit::{AuditStore, StoredDecision};
+use palisade_wire::audit::{AuditDirection, Decision, DecisionBatch, Endpoint, Verdict};
+use serde_json::json;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::access::Access;
+use super::api::router;
+use super::metrics::AuditMetrics;
+use crate::verifier::{client, ApiServerVerifier};
+
+const TOKEN_REVIEW: &str = "/apis/authentication.k8s.io/v1/tokenreviews?";
+const ACCESS_REVIEW: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews?";
+
+fn decision(src: (&str, &str), dst: (&str, &str), verdict: Verdict) -> Decision {
+    let now = palisade_audit::now_ms();
+    let ep = |(ns, pod): (&str, &str)| {
+        Some(Endpoint {
+            namespace: ns.into(),
+            pod: pod.into(),
+        })
+    };
+    Decision {
+        first_seen_ms: now,
+        last_seen_ms: now,
+        count: 1,
+        node: "n1".into(),
+        direction: AuditDirection::Ingress,
+        verdict,
+        protocol: "tcp".into(),
+        src_ip: "10.0.0.1".parse().expect("ip"),
+        src_port: Some(1234),
+        dst_ip: "10.0.0.2".parse().expect("ip"),
+        dst_port: Some(80),
+        src: ep(src),
+        dst: ep(dst),
+        rule_id: "P1R0I".into(),
+        tier: "networkpolicy".into(),
+        policy: Some("NetworkPolicy prod/web".into()),
+        rule_index: Some(0),
+        rule_name: None,
+        isolated_by: vec![],
+    }
+}
+
+struct Fixture {
+    app: axum::Router,
+    api: ApiServerVerifier,
+    metrics: AuditMetrics,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/audit.db", dir.path().display());
+    let store: Arc<dyn AuditStore> = palisade_audit::open(&url).await.expect("open");
+    store
+        .write_batch(
+            &DecisionBatch {
+                source: "n1/x".into(),
+                seq: 1,
+                decisions: vec![
+                    decision(("dev", "curl"), ("prod", "web"), Verdict::Allow),
+                    decision(("dev", "curl"), ("prod", "db"), Verdict::Deny),
+                    decision(("dev", "curl"), ("dev", "cache"), Verdict::Allow),
+                ],
+                gaps: vec![],
+            },
+            palisade_audit::now_ms(),
+        )
+        .await
+        .expect("write");
+    let (_tx, slot) = watch::channel(Some(store));
+    // Keep the sender alive for the test's length.
+    std::mem::forget(_tx);
+    let (kube, api) = client();
+    let metrics = AuditMetrics::new();
+    Fixture {
+        app: router(slot, Access::new(kube, vec![]), metrics.clone()),
+        api,
+        metrics,
+        _dir: dir,
+    }
+}
+
+fn get(uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut b = Request::builder().uri(uri);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Body::empty()).expect("request")
+}
+
+async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
+    let response = app.clone().oneshot(req).await.expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Answers the TokenReview: `alice` in group `dev`, or not authenticated.
+async fn token_review(api: &mut ApiServerVerifier, authenticated: bool) {
+    let (body, send) = api.expect("POST", TOKEN_REVIEW).await;
+    assert_eq!(body["spec"]["token"], "tok");
+    if authenticated {
+        send.ok(&json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": "tok"},
+            "status": {"authenticated": true,
+                "user": {"username": "alice", "uid": "u1", "groups": ["dev", "system:authenticated"]}}
+        }));
+    } else {
+        send.ok(&json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": "tok"},
+            "status": {"authenticated": false, "error": "token expired"}
+        }));
+    }
+}
+
+/// Asserts the SubjectAccessReview (for `namespace`, or cluster-wide) and answers it.
+async fn access_review(api: &mut ApiServerVerifier, namespace: Option<&str>, allowed: bool) {
+    let (body, send) = api.expect("POST", ACCESS_REVIEW).await;
+    let spec = &body["spec"];
+    assert_eq!(spec["user"], "alice");
+    assert_eq!(spec["uid"], "u1");
+    assert_eq!(spec["groups"], json!(["dev", "system:authenticated"]));
+    let mut attrs = json!({"group": "audit.palisade.io", "resource": "decisions", "verb": "get"});
+    if let Some(ns) = namespace {
+        attrs["namespace"] = json!(ns);
+    }
+    assert_eq!(spec["resourceAttributes"], attrs);
+    send.ok(&json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": spec,
+        "status": if allowed { json!({"allowed": true}) }
+                  else { json!({"allowed": false, "reason": "no RBAC rule"}) }
+    }));
+}
+
+#[tokio::test]
+async fn allowed_in_the_namespace_asked_about() {
+    let mut f = fixture().await;
+    let app = f.app.clone();
+    let call = tokio::spawn(async move {
+        call(
+            &app,
+            get(
+                "/api/v1/decisions?dst_namespace=prod&verdict=deny",
+                Some("tok"),
+            ),
+        )
+        .await
+    });
+    token_review(&mut f.api, true).await;
+    access_review(&mut f.api, Some("prod"), true).await;
+    let (status, body) = call.await.expect("join");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows: Vec<StoredDecision> = serde_json::from_str(&body).expect("json");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].dst_pod.as_deref(), Some("db"));
+    assert_eq!(f.metrics.api.get_or_create(&outcome("ok")).get(), 1);
+}
+
+#[tokio::test]
+async fn every_namespace_asked_about_is_checked() {
+    let mut f = fixture().await;
+    let app = f.app.clone();
+    let call = tokio::spawn(async move {
+        call(
+            &app,
+            get(
+                "/api/v1/decisions?src_namespace=dev&dst_namespace=prod",
+                Some("tok"),
+            ),
+        )
+        .await
+    });
+    token_review(&mut f.api, true).await;
+    access_review(&mut f.api, Some("dev"), true).await;
+    access_review(&mut f.api, Some("prod"), false).await;
+    let (status, body) = call.await.expect("join");
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body.contains(
+            "alice may not get decisions.audit.palisade.io in namespace prod: no RBAC rule"
+        ),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn no_namespace_needs_cluster_wide_access_and_csv_works() {
+    let mut f = fixture().await;
+    let app = f.app.clone();
+    let call = tokio::spawn(async move {
+        call(
+            &app,
+            get("/api/v1/decisions?format=csv&limit=2", Some("tok")),
+        )
+        .await
+    });
+    token_review(&mut f.api, true).await;
+    access_review(&mut f.api, None, true).await;
+    let (status, body) = call.await.expect("join");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 3, "header and two rows: {body}");
+    assert!(lines[0].contains("dst_namespace"), "{body}");
+}
+
+#[tokio::test]
+async fn views_are_cluster_wide() {
+    let mut f = fixture().await;
+    let app = f.app.clone();
+    let call =
+        tokio::spawn(
+            async move { call(&app, get("/api/v1/views/top-talkers", Some("tok"))).await },
+        );
+    token_review(&mut f.api, true).await;
+    access_review(&mut f.api, None, true).await;
+    let (status, body) = call.await.expect("join");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn refused_without_a_valid_token() {
+    let mut f = fixture().await;
+    // No token: 401 without asking the API server.
+    let (status, body) = call(&f.app, get("/api/v1/decisions", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("no bearer token"), "{body}");
+    let app = f.app.clone();
+    let call = tokio::spawn(async move { call(&app, get("/api/v1/decisions", Some("tok"))).await });
+    token_review(&mut f.api, false).await;
+    let (status, body) = call.await.expect("join");
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("token expired"), "{body}");
+    assert_eq!(
+        f.metrics
+            .api
+            .get_or_create(&outcome("unauthenticated"))
+            .get(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn bad_parameters_are_named() {
+    let f = fixture().await;
+    for (uri, needle) in [
+        ("/api/v1/decisions?verdict=maybe", "verdict \"maybe\""),
+        ("/api/v1/decisions?limit=0", "limit must be at least 1"),
+        ("/api/v1/decisions?limit=100001", "over the maximum"),
+        ("/api/v1/decisions?since=1h&until=2h", "ends"),
+        ("/api/v1/decisions?limit=x", "limit \"x\""),
+        ("/api/v1/decisions?since=yesterday", "\"yesterday\""),
+        ("/api/v1/decisions?format=xml", "format \"xml\""),
+        ("/api/v1/decisions?namespce=prod", "namespce"),
+        ("/api/v1/decisions?namespace=", "namespace is empty"),
+        (
+            "/api/v1/views/top-talkers?namespace=prod",
+            "only limit and format",
+        ),
+    ] {
+        let (status, body) = call(&f.app, get(uri, Some("tok"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(body.contains(needle), "{uri}: {body}");
+    }
+}
+
+/// A filter value with SQL in it is a value: allowed (in that odd namespace), it finds
+/// nothing.
+#[tokio::test]
+async fn hostile_values_find_nothing() {
+    let mut f = fixture().await;
+    let app = f.app.clone();
+    let call = tokio::spawn(async move {
+        call(
+            &app,
+            get("/api/v1/decisions?pod=%27%20OR%201%3D1%20--", Some("tok")),
+        )
+        .await
+    });
+    token_review(&mut f.api, true).await;
+    access_review(&mut f.api, None, true).await;
+    let (status, body) = call.await.expect("join");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "[]");
+}
+
+fn outcome(o: &str) -> super::metrics::OutcomeLabels {
+    super::metrics::OutcomeLabels {
+        outcome: o.to_string(),
+    }
+}
