@@ -20,6 +20,9 @@ pub enum AuditError {
         seq: u64,
         reason: String,
     },
+    /// The database is not (yet) an audit database of this version.
+    #[error("audit database: {0}")]
+    Schema(String),
     /// A query filter out of range.
     #[error("audit query: {0}")]
     Filter(String),

@@ -36,7 +36,7 @@ pub use model::{
     DeniedCount, IsolatedBy, PolicyTraffic, Pruned, Retention, StoredDecision, StoredGap,
     TopTalker, WriteOutcome,
 };
-pub use store::{backend_of, open, prune, redact, AuditStore, Backend};
+pub use store::{backend_of, open, open_existing, prune, redact, AuditStore, Backend};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

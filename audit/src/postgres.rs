@@ -51,6 +51,13 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Connects for reading: nothing migrated; the schema must be there.
+    pub async fn open_existing(url: &str) -> Result<Self, AuditError> {
+        let store = Self::open_unmigrated(url).await?;
+        crate::store::check_schema(&store.pool, &MIGRATOR).await?;
+        Ok(store)
+    }
+
     /// Connects without migrating (tests of the upgrade path run their own migrator).
     pub async fn open_unmigrated(url: &str) -> Result<Self, AuditError> {
         let options = PgConnectOptions::from_str(url).map_err(|e| AuditError::Url {

@@ -46,22 +46,33 @@ impl SqliteStore {
 
     /// Opens without migrating (tests of the upgrade path run their own migrator).
     pub async fn open_unmigrated(url: &str) -> Result<Self, AuditError> {
+        Self::connect(url, true).await
+    }
+
+    /// Opens an existing database for reading: no file is created, nothing migrated.
+    pub async fn open_existing(url: &str) -> Result<Self, AuditError> {
+        let store = Self::connect(url, false).await?;
+        crate::store::check_schema(&store.pool, &MIGRATOR).await?;
+        Ok(store)
+    }
+
+    async fn connect(url: &str, create: bool) -> Result<Self, AuditError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| AuditError::Url {
                 url: url.to_string(),
                 reason: e.to_string(),
             })?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL loses at most the last transactions on power loss, never
-            // corrupts; the enforcer resends what was not acknowledged.
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is on disk before the batch is acknowledged (and the enforcer
+            // forgets it), even across a power loss.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(2));
         let parent = options
             .get_filename()
             .parent()
             .map(std::path::Path::to_path_buf);
-        if let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = parent.filter(|d| create && !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(&dir).map_err(|e| AuditError::Url {
                 url: url.to_string(),
                 reason: format!("creating {}: {e}", dir.display()),

@@ -76,6 +76,51 @@ pub async fn open(url: &str) -> Result<Arc<dyn AuditStore>, AuditError> {
     }
 }
 
+/// Opens an existing audit database for reading (the CLI): nothing is created or
+/// migrated, and a database whose schema is not the latest is refused with a clear error.
+pub async fn open_existing(url: &str) -> Result<Arc<dyn AuditStore>, AuditError> {
+    match backend_of(url)? {
+        Backend::Sqlite => Ok(Arc::new(
+            crate::sqlite::SqliteStore::open_existing(url).await?,
+        )),
+        Backend::Postgres => Ok(Arc::new(
+            crate::postgres::PgStore::open_existing(url).await?,
+        )),
+    }
+}
+
+/// The latest migration of `migrator` must have been applied.
+pub(crate) async fn check_schema<DB>(
+    pool: &sqlx::Pool<DB>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), AuditError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    (Option<i64>,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let mut conn = pool.acquire().await?;
+    let found: Result<(Option<i64>,), sqlx::Error> =
+        sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut *conn)
+            .await;
+    let version = match found {
+        Ok((v,)) => v.unwrap_or(0),
+        // No migrations table: not an audit database (yet).
+        Err(sqlx::Error::Database(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    if version < latest {
+        return Err(AuditError::Schema(format!(
+            "the database is at schema version {version}, not {latest}: not an audit \
+             database, or one the operator has not migrated yet"
+        )));
+    }
+    Ok(())
+}
+
 /// Which backend a URL names.
 pub fn backend_of(url: &str) -> Result<Backend, AuditError> {
     let scheme = url.split(':').next().unwrap_or("");

@@ -159,3 +159,37 @@ async fn postgres_from_empty_and_from_version_1() {
     let (idx, applied) = pg_state(&store).await;
     check_latest(&store, idx, applied, 1).await;
 }
+
+/// Readers (the CLI) never create or migrate: a missing file and an old schema are errors.
+#[tokio::test]
+async fn readers_open_only_a_migrated_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.db");
+    let err = palisade_audit::open_existing(&format!("sqlite://{}", missing.display()))
+        .await
+        .err()
+        .expect("missing file refused");
+    assert!(!missing.exists(), "no file created ({err})");
+    let old = format!("sqlite://{}/v1.db", dir.path().display());
+    let v1 = sqlite::SqliteStore::open_unmigrated(&old)
+        .await
+        .expect("open v1");
+    version_1(&sqlite::MIGRATOR)
+        .run(v1.pool())
+        .await
+        .expect("v1 schema");
+    v1.close().await;
+    let err = palisade_audit::open_existing(&old)
+        .await
+        .err()
+        .expect("old schema refused");
+    assert!(err.to_string().contains("schema version 1, not 2"), "{err}");
+    sqlite::SqliteStore::open(&old)
+        .await
+        .expect("migrate")
+        .close()
+        .await;
+    palisade_audit::open_existing(&old)
+        .await
+        .expect("migrated database opens");
+}
