@@ -47,9 +47,7 @@ pub fn generate() -> Result<Vec<(&'static str, String)>, CrdError> {
             })?;
             Ok((
                 file,
-                format!(
-                    "# Generated from {from} by `{REGENERATE}`: do not edit.\n{body}"
-                ),
+                format!("# Generated from {from} by `{REGENERATE}`: do not edit.\n{body}"),
             ))
         })
         .collect()
