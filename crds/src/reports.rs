@@ -544,6 +544,129 @@ mod tests {
         );
     }
 
+    /// Checks `value` against an OpenAPI v3 schema as the API server would for the parts
+    /// these CRDs use (type, properties without unknown fields, required, enum,
+    /// additionalProperties, items): a field the types write that the schema does not have
+    /// would be pruned, a wrong type refused.
+    fn conforms(value: &Value, schema: &Value, path: &str) -> Result<(), String> {
+        let ty = schema["type"].as_str().unwrap_or("");
+        let ok = match ty {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "boolean" => value.is_boolean(),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!("{path}: {value} is not {ty}"));
+        }
+        if let Some(allowed) = schema["enum"].as_array() {
+            if !allowed.contains(value) {
+                return Err(format!("{path}: {value} not in {allowed:?}"));
+            }
+        }
+        if let (Some(obj), "object") = (value.as_object(), ty) {
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let key = required.as_str().unwrap_or_default();
+                if !obj.contains_key(key) {
+                    return Err(format!("{path}: {key} is required"));
+                }
+            }
+            for (key, v) in obj {
+                let sub = match (
+                    schema["properties"].get(key),
+                    schema.get("additionalProperties"),
+                ) {
+                    (Some(sub), _) => sub,
+                    (None, Some(extra)) => extra,
+                    // `metadata: {type: object}` takes anything.
+                    (None, None) if schema.get("properties").is_none() => continue,
+                    (None, None) => return Err(format!("{path}.{key}: not in the schema")),
+                };
+                conforms(v, sub, &format!("{path}.{key}"))?;
+            }
+        }
+        if let Some(items) = value.as_array() {
+            for (i, v) in items.iter().enumerate() {
+                conforms(v, &schema["items"], &format!("{path}[{i}]"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn value<T: Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).expect("json")
+    }
+
+    fn full_result() -> ReportResult {
+        ReportResult {
+            source: Some("palisade".into()),
+            policy: "NetworkPolicy/web".into(),
+            rule: Some("ingress[0]".into()),
+            category: Some("lint".into()),
+            severity: Some(Severity::Medium),
+            timestamp: Some(Timestamp {
+                seconds: 1,
+                nanos: 2,
+            }),
+            result: Some(ResultKind::Warn),
+            scored: Some(true),
+            resources: vec![ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some("prod".into()),
+                name: Some("web".into()),
+                ..ObjectReference::default()
+            }],
+            resource_selector: Some(LabelSelector {
+                match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                ..LabelSelector::default()
+            }),
+            message: Some("m".into()),
+            properties: [("k".to_string(), "v".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn every_field_the_types_write_is_in_the_crd_schemas() {
+        let schema = |i: usize| {
+            serde_json::to_value(&crds()[i].spec.versions[0].schema).expect("json")
+                ["openAPIV3Schema"]
+                .clone()
+        };
+        let mut polr = PolicyReport::named("palisade", Some("prod"));
+        polr.results.push(full_result());
+        polr.summary = Summary::of(&polr.results);
+        polr.scope = Some(ObjectReference {
+            kind: Some("Namespace".into()),
+            name: Some("prod".into()),
+            ..ObjectReference::default()
+        });
+        let mut crep = ClusterReport::named("palisade", None);
+        crep.results.push(full_result());
+        crep.source = Some("palisade".into());
+        crep.configuration = Some(ReportConfiguration {
+            limits: Limits {
+                max_results: 10,
+                status_filter: vec![ResultKind::Fail],
+            },
+        });
+        assert_eq!(conforms(&value(&polr), &schema(0), "PolicyReport"), Ok(()));
+        assert_eq!(conforms(&value(&crep), &schema(3), "ClusterReport"), Ok(()));
+        // The check itself: an unknown field and a wrong enum are caught.
+        let mut bad = value(&polr);
+        bad["results"][0]["subjects"] = json!([]);
+        assert!(conforms(&bad, &schema(0), "bad").is_err());
+        let mut bad = value(&polr);
+        bad["results"][0]["result"] = json!("pending");
+        assert!(conforms(&bad, &schema(0), "bad").is_err());
+        // The wgpolicyk8s kinds have no report-level source.
+        let mut bad = value(&polr);
+        bad["source"] = json!("palisade");
+        assert!(conforms(&bad, &schema(0), "bad").is_err());
+    }
+
     #[test]
     fn crds_have_the_upstream_names_and_columns() {
         let crds = crds();
