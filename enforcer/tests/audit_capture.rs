@@ -604,3 +604,93 @@ fn ipv6_decisions_are_captured_with_ports_and_icmpv6_types() {
     assert_eq!((ping.src_port, ping.verdict), (Some(128), Verdict::Deny));
     assert_eq!(decisions.len(), 3, "{decisions:#?}");
 }
+
+#[test]
+fn a_kernel_overrun_is_seen_and_its_size_known_from_the_sequence_numbers() {
+    use palisade_enforcer::audit::{nflog::parse_datagram, NflogSocket, Parsed, RecvError};
+    if !can_netns("audit overrun") {
+        return;
+    }
+    let lab = Lab::new(&["198.18.8.10", "198.18.8.11"]);
+    let (a, b) = (lab.ip(0).to_string(), lab.ip(1).to_string());
+    // b isolated for ingress, nothing allowed: every datagram is a logged denial (a high
+    // rate limit, so the flood is logged in full).
+    let rs = mk_rule_set(
+        1,
+        &[LAB_NODE_IP],
+        vec![np_tier()],
+        vec![],
+        vec![mk_policy(
+            PolicyKind::NetworkPolicy,
+            Some("ns"),
+            "deny-all",
+            0,
+            vec![],
+            vec![],
+        )],
+        vec![mk_pod("ns", "b", &[&b], vec![tp(0, &[0])], vec![])],
+    );
+    let opts = ApplyOptions {
+        audit: Some(palisade_enforcer::AuditRules {
+            group: 100,
+            deny_per_sec: 100_000,
+            deny_burst: 100_000,
+        }),
+        ..ApplyOptions::default()
+    };
+    let mut enforcer = Enforcer::with_backend(Backend::Nft, opts);
+    // A tiny receive buffer that nobody reads while 3,000 packets are logged.
+    let socket = lab.node.run(|| {
+        enforcer.apply(&rs).expect("apply");
+        let s = NflogSocket::bind(100, Duration::from_millis(200)).expect("bind");
+        s.set_receive_buffer(4096).expect("small buffer");
+        s
+    });
+    let target = lab.addr(1, 9);
+    let send = |n: usize| {
+        lab.endpoints[0].0.run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            for _ in 0..n {
+                let _ = s.send_to(b"x", target);
+            }
+        })
+    };
+    send(3000);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut buf = vec![0u8; 256 << 10];
+    let (mut overruns, mut records) = (0u64, 0u64);
+    let mut max_seq = 0u32;
+    let mut drain = |overruns: &mut u64, records: &mut u64, max_seq: &mut u32| {
+        // Bounded: at most 10,000 receives, until one times out.
+        for _ in 0..10_000 {
+            match socket.recv(&mut buf) {
+                Ok(n) => parse_datagram(&buf[..n], &mut |p| {
+                    if let Parsed::Record(r) = p {
+                        *records += 1;
+                        *max_seq = (*max_seq).max(r.seq.unwrap_or(0));
+                    }
+                }),
+                Err(RecvError::Overrun) => *overruns += 1,
+                Err(RecvError::Timeout) => break,
+                Err(RecvError::Io(e)) => panic!("recv: {e}"),
+            }
+        }
+    };
+    drain(&mut overruns, &mut records, &mut max_seq);
+    let before = records;
+    // The next message after the overrun carries the group's count of every message
+    // made, delivered or not: the jump is what was lost.
+    send(1);
+    drain(&mut overruns, &mut records, &mut max_seq);
+    drop(drain);
+    drop(socket);
+    lab.node
+        .run(|| palisade_enforcer::cleanup().expect("cleanup"));
+    eprintln!("overrun: {overruns} ENOBUFS, {before} then {records} records, last seq {max_seq}; from {a}");
+    assert!(overruns >= 1, "the kernel reports the overrun");
+    assert!(before > 0 && before < 3000, "{before}");
+    assert_eq!(records, before + 1, "the message after the overrun arrives");
+    assert_eq!(max_seq, 3000, "3,001 messages made, numbered from 0");
+    let lost = u64::from(max_seq) + 1 - records;
+    assert_eq!(lost, 3000 - before);
+}

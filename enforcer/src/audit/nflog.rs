@@ -398,6 +398,14 @@ impl NflogSocket {
         Err(err(io::Error::other("no acknowledgement")))
     }
 
+    /// Sets the socket's receive buffer (the kernel doubles it for its bookkeeping).
+    /// The reader keeps the 8 MiB `bind` asks for; a small one makes overruns happen
+    /// (tests).
+    pub fn set_receive_buffer(&self, bytes: usize) -> io::Result<()> {
+        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
+    }
+
     /// Receives one datagram (possibly several messages).
     pub fn recv(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
         // SAFETY: buf is a valid writable buffer of the given length.
