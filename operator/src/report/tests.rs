@@ -807,3 +807,58 @@ async fn openreports_get_the_same_results_with_source_and_limits() {
         "the same results as the PolicyReport"
     );
 }
+
+/// Times one report build at scale (`cargo test -p palisade-operator --release --lib
+/// report_build_at_scale -- --ignored --nocapture`): 10,000 pods in 500 namespaces, 2,000
+/// NetworkPolicies (deny-all, two allows, an egress ipBlock per namespace), 100 nodes.
+#[test]
+#[ignore]
+fn report_build_at_scale() {
+    let mut yaml = String::new();
+    for n in 0..100 {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: n{n}}}\nstatus: {{addresses: [{{type: InternalIP, address: 10.0.{n}.1}}]}}\n"
+        ));
+    }
+    for ns in 0..500 {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}, labels: {{team: t{}}}}}\n",
+            ns % 10
+        ));
+        for p in 0..20 {
+            let i = ns * 20 + p;
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{p}, namespace: ns{ns}, labels: {{app: a{}}}}}\nspec: {{nodeName: n{}}}\nstatus: {{podIP: 10.{}.{}.{}}}\n",
+                p % 4, i % 100, 100 + i / 65536, (i / 256) % 256, i % 256
+            ));
+        }
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: ns{ns}}}\nspec: {{podSelector: {{}}, policyTypes: [Ingress]}}\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: same-app, namespace: ns{ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: a0}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: a0}}}}}}], ports: [{{port: 8080}}]}}]\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: team, namespace: ns{ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: a1}}}}\n  ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{team: t1}}}}}}], ports: [{{port: 9000, endPort: 9100}}]}}]\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: egress, namespace: ns{ns}}}\nspec:\n  podSelector: {{}}\n  egress: [{{to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}}}]}}]\n"
+        ));
+    }
+    let m = mirror(&yaml);
+    let nodes: BTreeMap<String, NodeView> = (0..100)
+        .map(|n| (format!("n{n}"), node(1, Some((1, &[])))))
+        .collect();
+    let start = std::time::Instant::now();
+    let engine = Engine::new(m.cluster()).expect("engine");
+    let indexed = start.elapsed();
+    let mut set = build(&Inputs {
+        engine: Ok(&engine),
+        nodes: &nodes,
+        rejected: &[],
+        denied: &BTreeMap::new(),
+        unprotected_pods: true,
+    });
+    set.finish(1000);
+    let total = start.elapsed();
+    let results: usize = set.reports.values().map(Vec::len).sum();
+    eprintln!(
+        "{} reports, {results} results: index {indexed:?}, index + build {total:?}",
+        set.reports.len()
+    );
+    assert_eq!(set.reports.len(), 501);
+}
