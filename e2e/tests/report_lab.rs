@@ -80,6 +80,10 @@ fn failing_wrappers(dir: &Path, flag: &Path) -> PathBuf {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
     }
+    assert!(
+        std::fs::read_dir(&bin).map(|d| d.count()).unwrap_or(0) > 0,
+        "no iptables-*-restore on the PATH to wrap"
+    );
     bin
 }
 
