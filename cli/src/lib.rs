@@ -4,6 +4,7 @@
 //! is allowed or denied. All policy logic lives in `palisade-policy`; this crate
 //! only reads files and prints.
 
+mod audit;
 mod explain;
 mod report;
 mod test;
@@ -44,6 +45,8 @@ enum Command {
     /// Show a namespace's (or the cluster's) policy report: what is enforced, where, and
     /// what is not.
     Report(report::Args),
+    /// Show flow decisions from the audit log (the database, or the operator's query API).
+    Audit(Box<audit::Args>),
 }
 
 /// Runs the command line; the exit code follows the scenario-format contract
@@ -54,5 +57,6 @@ pub fn main() -> ExitCode {
         Command::Test { paths, output } => test::run(&paths, output),
         Command::Explain(args) => explain::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Audit(args) => audit::run(&args),
     }
 }
