@@ -682,7 +682,6 @@ fn a_kernel_overrun_is_seen_and_its_size_known_from_the_sequence_numbers() {
     // made, delivered or not: the jump is what was lost.
     send(1);
     drain(&mut overruns, &mut records, &mut max_seq);
-    drop(drain);
     drop(socket);
     lab.node
         .run(|| palisade_enforcer::cleanup().expect("cleanup"));
