@@ -1,8 +1,9 @@
 //! The `palisade` command (also the kubectl plugin `kubectl-palisade`).
 //!
 //! `test` runs scenario files through the engine, `explain` shows why a connection
-//! is allowed or denied. All policy logic lives in `palisade-policy`; this crate
-//! only reads files and prints.
+//! is allowed or denied, `report` prints the policy report the operator wrote. All policy
+//! logic lives in `palisade-policy`; this crate only reads files (or report objects) and
+//! prints.
 
 mod audit;
 mod explain;
