@@ -261,15 +261,14 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Failure> {
 type Q = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
 
 /// The parameters, or a 400 naming the one at fault.
-fn params(api: &Api, q: Q) -> Result<Params, Response> {
-    q.map(|Query(p)| p)
-        .map_err(|e| api.fail(Failure::bad(e.body_text())))
+fn params(q: Q) -> Result<Params, Failure> {
+    q.map(|Query(p)| p).map_err(|e| Failure::bad(e.body_text()))
 }
 
 async fn decisions(State(api): State<Api>, headers: HeaderMap, q: Q) -> Response {
-    let p = match params(&api, q) {
+    let p = match params(q) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(f) => return api.fail(f),
     };
     let (filter, format) = match p.filter().and_then(|f| Ok((f, p.format()?))) {
         Ok(x) => x,
@@ -320,9 +319,9 @@ fn view_params(p: &Params, allow_since: bool) -> Result<(u32, Format, i64), Fail
 macro_rules! view {
     ($name:ident, $allow_since:expr, |$store:ident, $limit:ident, $since:ident| $call:expr) => {
         async fn $name(State(api): State<Api>, headers: HeaderMap, q: Q) -> Response {
-            let p = match params(&api, q) {
+            let p = match params(q) {
                 Ok(p) => p,
-                Err(r) => return r,
+                Err(f) => return api.fail(f),
             };
             let ($limit, format, $since) = match view_params(&p, $allow_since) {
                 Ok(x) => x,
