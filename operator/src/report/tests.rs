@@ -862,3 +862,31 @@ fn report_build_at_scale() {
     );
     assert_eq!(set.reports.len(), 501);
 }
+
+#[test]
+fn priority_ties_warn_on_both_policies() {
+    let anp = |name: &str| {
+        format!(
+            "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  priority: 7\n  subject: {{namespaces: {{}}}}\n  ingress:\n  - action: Allow\n    from: [{{namespaces: {{matchLabels: {{team: a}}}}}}]\n"
+        )
+    };
+    let set = Case::new(&format!("{}---\n{}", anp("first"), anp("second"))).set();
+    let ties: Vec<(String, String)> = set.reports[&model::Scope::Cluster]
+        .iter()
+        .filter(|f| f.category == model::Category::Lint)
+        .map(|f| (f.policy.clone(), f.message.clone()))
+        .collect();
+    assert_eq!(
+        ties,
+        [
+            (
+                "AdminNetworkPolicy/first".to_string(),
+                "spec.priority: priority 7 in tier admin is shared with AdminNetworkPolicy second: ordered by kind, then name".to_string()
+            ),
+            (
+                "AdminNetworkPolicy/second".to_string(),
+                "spec.priority: priority 7 in tier admin is shared with AdminNetworkPolicy first: ordered by kind, then name".to_string()
+            ),
+        ]
+    );
+}
