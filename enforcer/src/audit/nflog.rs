@@ -569,6 +569,35 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any bytes, and any corruption of a good batch: decoded or reported, never a
+        /// panic, and the messages before the damage still decoded.
+        #[test]
+        fn arbitrary_and_corrupted_datagrams_never_panic(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            at in 0usize..2000,
+            byte in proptest::prelude::any::<u8>(),
+            cut in 0usize..2000,
+        ) {
+            parse_datagram(&noise, &mut |_| {});
+            let mut good = packet_message("PabcR0I", &v4_tcp_syn(), 2, 1);
+            let first_len = good.len();
+            good.extend(packet_message("TdefDE-0123", &v6_udp(), 10, 2));
+            let at = at % good.len();
+            good[at] = byte;
+            good.truncate(cut.max(1).min(good.len()));
+            let mut first = None;
+            parse_datagram(&good, &mut |p| {
+                if first.is_none() {
+                    first = Some(p);
+                }
+            });
+            if at >= first_len && good.len() >= first_len {
+                proptest::prop_assert!(matches!(first, Some(Parsed::Record(_))), "{first:?}");
+            }
+        }
+    }
+
     #[test]
     fn acks_are_read() {
         let mut msg = Vec::new();
