@@ -285,6 +285,7 @@ pub fn start(
         since: BTreeMap::new(),
         crds_checked: false,
         last_error: None,
+        written: None,
     };
     let task = tokio::spawn(async move {
         tokio::spawn(tee);
@@ -308,6 +309,17 @@ pub struct Reporter {
     crds_checked: bool,
     /// The last write error logged.
     last_error: Option<String>,
+    /// What the reports written last were built from.
+    written: Option<Built>,
+}
+
+/// Everything a build reads that can change.
+#[derive(Clone, Debug, PartialEq)]
+struct Built {
+    generation: u64,
+    nodes: BTreeMap<String, NodeView>,
+    rejected: Vec<crate::source::RejectedObject>,
+    denied: BTreeMap<String, u64>,
 }
 
 /// Runs CPU work on this worker, letting the runtime move its other tasks elsewhere.
@@ -338,6 +350,7 @@ impl Reporter {
                     if leading && !leader {
                         // Another replica writes now: what was written is no longer known.
                         self.writer.forget();
+                        self.written = None;
                     }
                     leading = leader;
                     if leader && self.mirror.is_synced() {
@@ -366,6 +379,17 @@ impl Reporter {
         let rejected = self.status.rejected();
         let denied = self.denied.denied_last_hour().await;
         let generation = self.mirror.generation();
+        // Nothing the reports are made of changed since they were written: nothing to do
+        // (a build only depends on these; the time is only the results' timestamp).
+        let inputs = Built {
+            generation,
+            nodes: nodes.clone(),
+            rejected: rejected.clone(),
+            denied: denied.clone(),
+        };
+        if self.written.as_ref() == Some(&inputs) {
+            return;
+        }
         // Indexing and the lints are CPU work (a large cluster's take a while): on a
         // multi-threaded runtime this worker hands its other tasks to the others meanwhile.
         let set = in_place(|| {
@@ -392,11 +416,13 @@ impl Reporter {
         match self.writer.sync(&set, now).await {
             Ok(w) => {
                 self.last_error = None;
+                self.written = Some(inputs);
                 if !w.applied.is_empty() || !w.deleted.is_empty() {
                     debug!(applied = ?w.applied, deleted = ?w.deleted, "policy reports written");
                 }
             }
             Err(e) => {
+                self.written = None;
                 // Said once per distinct error (a missing CRD would otherwise log every tick).
                 let text = e.to_string();
                 if self.last_error.as_deref() != Some(text.as_str()) {
