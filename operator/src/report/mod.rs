@@ -286,6 +286,7 @@ pub fn start(
         crds_checked: false,
         last_error: None,
         written: None,
+        denied_cache: None,
     };
     let task = tokio::spawn(async move {
         tokio::spawn(tee);
@@ -311,7 +312,12 @@ pub struct Reporter {
     last_error: Option<String>,
     /// What the reports written last were built from.
     written: Option<Built>,
+    /// The denied counts last read, and when.
+    denied_cache: Option<(std::time::Instant, BTreeMap<String, u64>)>,
 }
+
+/// How often the audit log's denied counts are read again.
+const DENIED_EVERY: Duration = Duration::from_secs(30);
 
 /// Everything a build reads that can change.
 #[derive(Clone, Debug, PartialEq)]
@@ -377,7 +383,7 @@ impl Reporter {
         let now = SystemTime::now();
         let nodes = self.node_views(now);
         let rejected = self.status.rejected();
-        let denied = self.denied.denied_last_hour().await;
+        let denied = self.denied_counts().await;
         let generation = self.mirror.generation();
         // Nothing the reports are made of changed since they were written: nothing to do
         // (a build only depends on these; the time is only the results' timestamp).
@@ -431,6 +437,19 @@ impl Reporter {
                 }
             }
         }
+    }
+
+    /// The audit log's denied counts, asked at most every [`DENIED_EVERY`] (a query over an
+    /// hour of decisions is not for every interval).
+    async fn denied_counts(&mut self) -> BTreeMap<String, u64> {
+        if let Some((at, counts)) = &self.denied_cache {
+            if at.elapsed() < DENIED_EVERY {
+                return counts.clone();
+            }
+        }
+        let counts = self.denied.denied_last_hour().await;
+        self.denied_cache = Some((std::time::Instant::now(), counts.clone()));
+        counts
     }
 
     /// Each node's desired version (and since when) and what its enforcer reported.
