@@ -49,6 +49,9 @@ struct AuditRuleArgs {
     /// ...after a burst of this many.
     #[arg(long, default_value_t = 20)]
     audit_deny_burst: u32,
+    /// Denied packets logged per second on the whole node, whatever their sources.
+    #[arg(long, default_value_t = 1000)]
+    audit_deny_node_rate: u32,
 }
 
 impl AuditRuleArgs {
@@ -57,6 +60,7 @@ impl AuditRuleArgs {
             group: self.nflog_group,
             deny_per_sec: self.audit_deny_rate.max(1),
             deny_burst: self.audit_deny_burst.max(1),
+            deny_node_per_sec: self.audit_deny_node_rate.max(1),
         })
     }
 }

@@ -158,8 +158,10 @@ pub fn log_chain(id: &str) -> String {
     format!("PALISADE-L-{:016x}", fnv64(id))
 }
 
-/// The hashlimit table of logged denials (per family in the kernel).
+/// The hashlimit table of logged denials per source (per family in the kernel).
 pub const DENY_LOG_LIMIT: &str = "pal-deny-log";
+/// The hashlimit table of all logged denials of the node (one bucket per family).
+pub const DENY_LOG_NODE_LIMIT: &str = "pal-deny-node";
 
 /// NFLOG prefix of a tier chain's default denial: `<tier default id>-<hash of the
 /// tier chain>` (≤ 36 chars; NFLOG prefixes take 63): the tier chain says which

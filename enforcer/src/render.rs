@@ -143,6 +143,9 @@ pub struct AuditRules {
     pub deny_per_sec: u32,
     /// ...after a burst of this many.
     pub deny_burst: u32,
+    /// Denied packets logged per second on the whole node (after the per-source
+    /// limit; a burst of twice as many): many sources at once cannot drown it either.
+    pub deny_node_per_sec: u32,
 }
 
 /// The default NFLOG group.
@@ -154,6 +157,7 @@ impl Default for AuditRules {
             group: DEFAULT_NFLOG_GROUP,
             deny_per_sec: 10,
             deny_burst: 20,
+            deny_node_per_sec: 1000,
         }
     }
 }
@@ -1004,10 +1008,14 @@ impl<'a> FamilyRenderer<'a> {
     /// shared by every denying rule, so a flood from one source costs a bounded
     /// number of log messages whatever rules it hits.
     fn deny_limit(&self, audit: &AuditRules) -> String {
+        // Per source first, so a source over its limit spends none of the node's.
+        let node = audit.deny_node_per_sec.max(1);
         format!(
-            "-m hashlimit --hashlimit-upto {}/sec --hashlimit-burst {} --hashlimit-mode srcip --hashlimit-name {DENY_LOG_LIMIT}",
+            "-m hashlimit --hashlimit-upto {}/sec --hashlimit-burst {} --hashlimit-mode srcip --hashlimit-name {DENY_LOG_LIMIT} \
+             -m hashlimit --hashlimit-upto {node}/sec --hashlimit-burst {} --hashlimit-name {DENY_LOG_NODE_LIMIT}",
             audit.deny_per_sec.max(1),
-            audit.deny_burst.max(1)
+            audit.deny_burst.max(1),
+            node.saturating_mul(2),
         )
     }
 

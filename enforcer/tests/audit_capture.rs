@@ -319,12 +319,18 @@ fn audit_settings_decide_what_is_logged() {
     // Default: everything.
     assert!(logs(&rs, &accept) && logs(&rs, &deny) && default_logged(&rs));
     // Denials are rate-limited per source; allowed connections are not.
+    // Denials are rate-limited per source and then on the whole node (many sources at
+    // once cannot drown it either); allowed connections are not.
     for l in nflog_lines(&rs) {
         assert_eq!(
             l.contains("--hashlimit-mode srcip"),
             !l.contains(&accept),
             "{l}"
         );
+        let per_source = l.find("--hashlimit-name pal-deny-log");
+        let node = l.find("--hashlimit-name pal-deny-node");
+        assert_eq!(per_source.is_some(), node.is_some(), "{l}");
+        assert!(per_source <= node, "per source first: {l}");
     }
 
     // A policy that says Deny: its accepts are not logged, its default denial is.
@@ -635,6 +641,7 @@ fn a_kernel_overrun_is_seen_and_its_size_known_from_the_sequence_numbers() {
             group: 100,
             deny_per_sec: 100_000,
             deny_burst: 100_000,
+            deny_node_per_sec: 100_000,
         }),
         ..ApplyOptions::default()
     };
