@@ -36,11 +36,11 @@ def chart() -> helm.Chart:
     return helm.Chart.load(str(CHART))
 
 
-def render(chart: helm.Chart, values: dict) -> list[dict]:
+def render(chart: helm.Chart, values: dict, name: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
     """Validates `values` against the schema (as `helm install` does), renders, and parses
     every document; returns the objects (hooks included)."""
     chart.validate_schema(values)
-    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    out = chart.render(values, name=name, namespace=namespace, is_install=True)
     objects = []
     for path, text in sorted(out.items()):
         if path.endswith("NOTES.txt"):
@@ -621,3 +621,48 @@ def test_report_api_and_its_rights(chart, api):
     groups = {r[1] for r in operator_rules(objects)}
     assert ("wgpolicyk8s.io" in groups) == (api in ("wgpolicyk8s", "both"))
     assert ("openreports.io" in groups) == (api in ("openreports", "both"))
+
+
+@pytest.mark.parametrize(
+    "name,namespace,values",
+    [
+        ("acme", "net", {}),
+        ("palisade-prod", "kube-system", {"tls": {"certManager": {"enabled": True}}}),
+        ("x", "y", {"fullnameOverride": "pal", "operator": {"streamPort": 8443}}),
+    ],
+)
+def test_names_agree_across_objects(chart, name, namespace, values):
+    """Whatever the release is called, every object names the others right: the enforcers
+    dial a name the certificate is for, the operator accepts the enforcers' ServiceAccount,
+    the hook cleans with the right DaemonSet."""
+    objects = render(chart, values, name=name, namespace=namespace)
+    dep = one(objects, "Deployment")
+    op = args(dep["spec"]["template"]["spec"]["containers"][0])
+    ds = one(objects, "DaemonSet")
+    enf = args(ds["spec"]["template"]["spec"]["containers"][0])
+    svc = one(objects, "Service")
+    url = enf["--operator"][0]
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    assert host == f"{svc['metadata']['name']}.{namespace}.svc"
+    assert int(port) == next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "stream")
+    if "--tls-name" in op:
+        names = op["--tls-name"]
+    else:
+        (cert,) = [o for o in objects if o["kind"] == "Certificate" and not o["spec"].get("isCA")]
+        names = cert["spec"]["dnsNames"]
+    assert host in names
+    sa = ds["spec"]["template"]["spec"]["serviceAccountName"]
+    one(objects, "ServiceAccount", sa)
+    assert op["--enforcer-service-account"] == [f"system:serviceaccount:{namespace}:{sa}"]
+    secret = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "ca")["secret"]["secretName"]
+    if "--tls-secret" in op:
+        assert op["--tls-secret"] == [secret]
+    else:
+        assert any(o["kind"] == "Certificate" and o["spec"]["secretName"] == secret for o in objects)
+    job = args(one(objects, "Job")["spec"]["template"]["spec"]["containers"][0])
+    assert job["--daemonset"] == [ds["metadata"]["name"]] and job["--namespace"] == [namespace]
+    assert op["--lease-namespace"] == [namespace]
+    for b in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        for subject in b["subjects"]:
+            one(objects, "ServiceAccount", subject["name"])
+            assert subject["namespace"] == namespace
