@@ -399,6 +399,8 @@ def test_uninstall_hook(chart):
                 assert int(ann["helm.sh/hook-weight"]) < 0, "RBAC before the Job"
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["palisade-uninstall"]
+    # Helm waits 5 minutes for a hook by default; the Job's two waits fit in it.
+    assert job["spec"]["activeDeadlineSeconds"] == 2 * 100 + 60 <= 300
     a = args(c)
     assert a["--daemonset"] == [one(objects, "DaemonSet")["metadata"]["name"]]
     assert a["--namespace"] == [NAMESPACE]
