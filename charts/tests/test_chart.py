@@ -94,7 +94,8 @@ BASE_KINDS = Counter(
         "ClusterRoleBinding": 2,
         "Role": 2,
         "RoleBinding": 2,
-        "Job": 1,
+        # the uninstall hooks: pre-delete (nodes) and post-delete (the operator's leftovers)
+        "Job": 2,
     }
 )
 
@@ -112,7 +113,7 @@ VALUE_SETS = {
         + Counter({"PersistentVolumeClaim": 1})
         - Counter(
             {
-                "Job": 1,
+                "Job": 2,
                 "ServiceAccount": 1,
                 "ClusterRole": 1,
                 "ClusterRoleBinding": 1,
@@ -381,32 +382,43 @@ def test_images_from_values(chart):
     objects = render(chart, {"image": {"registry": "ghcr.io/acme/", "tag": "1.2.3"}, "enforcer": {"image": {"tag": "1.2.4"}}})
     dep = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     ds = one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
-    job = one(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
+    job = one(objects, "Job", f"{RELEASE}-uninstall")["spec"]["template"]["spec"]["containers"][0]
     assert dep["image"] == "ghcr.io/acme/palisade-operator:1.2.3"
     assert ds["image"] == "ghcr.io/acme/palisade-enforcer:1.2.4"
     assert job["image"] == dep["image"], "the uninstall hook runs from the operator image"
 
 
-def test_uninstall_hook(chart):
+def test_uninstall_hooks(chart):
     objects = render(chart, {})
-    job = one(objects, "Job")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pre = one(objects, "Job", f"{RELEASE}-uninstall")
+    post = one(objects, "Job", f"{RELEASE}-uninstall-leftovers")
+    assert pre["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert post["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
     for o in objects:
-        if o["metadata"]["name"] == f"{RELEASE}-uninstall":
+        if o["metadata"]["name"] == f"{RELEASE}-uninstall" and o["kind"] != "Job":
             ann = o["metadata"]["annotations"]
-            assert ann["helm.sh/hook"] == "pre-delete"
-            if o["kind"] != "Job":
-                assert int(ann["helm.sh/hook-weight"]) < 0, "RBAC before the Job"
-    c = job["spec"]["template"]["spec"]["containers"][0]
+            assert ann["helm.sh/hook"] == "pre-delete,post-delete", "RBAC for both hooks"
+            assert int(ann["helm.sh/hook-weight"]) < 0, "RBAC before the Job"
+    c = pre["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["palisade-uninstall"]
     # Helm waits 5 minutes for a hook by default; the Job's two waits fit in it.
-    assert job["spec"]["activeDeadlineSeconds"] == 2 * 100 + 60 <= 300
+    assert pre["spec"]["activeDeadlineSeconds"] == 2 * 100 + 60 <= 300
     a = args(c)
+    assert a["--phase"] == ["pre-delete"]
     assert a["--daemonset"] == [one(objects, "DaemonSet")["metadata"]["name"]]
     assert a["--namespace"] == [NAMESPACE]
+    assert "--tls-secret" not in a and "--lease" not in a, "a running operator would make them again"
+    a = args(post["spec"]["template"]["spec"]["containers"][0])
+    assert a["--phase"] == ["post-delete"]
     assert a["--lease"] == ["palisade-operator"] and a["--tls-secret"] == [f"{RELEASE}-stream-tls"]
+    # The selector finds the operator's pods, and only them.
+    labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = dict(pair.split("=") for pair in a["--operator-selector"][0].split(","))
+    assert all(labels.get(k) == v for k, v in selector.items())
+    ds_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert not all(ds_labels.get(k) == v for k, v in selector.items())
     objects = render(chart, {"tls": {"certManager": {"enabled": True}}})
-    a = args(one(objects, "Job")["spec"]["template"]["spec"]["containers"][0])
+    a = args(one(objects, "Job", f"{RELEASE}-uninstall-leftovers")["spec"]["template"]["spec"]["containers"][0])
     assert "--tls-secret" not in a, "cert-manager's Secret is not ours to delete"
     assert not any(r[2] == "secrets" for r in operator_rules(objects, "uninstall"))
 
@@ -661,7 +673,7 @@ def test_names_agree_across_objects(chart, name, namespace, values):
         assert op["--tls-secret"] == [secret]
     else:
         assert any(o["kind"] == "Certificate" and o["spec"]["secretName"] == secret for o in objects)
-    job = args(one(objects, "Job")["spec"]["template"]["spec"]["containers"][0])
+    job = args(next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-uninstall"))["spec"]["template"]["spec"]["containers"][0])
     assert job["--daemonset"] == [ds["metadata"]["name"]] and job["--namespace"] == [namespace]
     assert op["--lease-namespace"] == [namespace]
     for b in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):

@@ -12,7 +12,11 @@
 //!
 //! A retry (`helm uninstall` again after a failure) finds the DaemonSet gone and cleans the
 //! nodes of the earlier attempt's pods again, from their own spec: a failure never turns into
-//! a silent success. The Secret and Lease the operator made at run time go last.
+//! a silent success.
+//!
+//! [`remove_leftovers`] is the post-delete step: once Helm has deleted the operator and its
+//! pods are gone, it deletes what the operator made at run time (its certificate Secret, the
+//! leader Lease); before that, a running leader would only make them again.
 //!
 //! Its API calls are the `UNINSTALL` table of [`crate::rbac`].
 
@@ -40,9 +44,13 @@ pub struct UninstallSettings {
     /// How often pods are looked at while waiting.
     pub poll: Duration,
     /// What the operator created at run time, which Helm does not know to delete: the
-    /// stream's certificate Secret (when the operator issued it) and the leader Lease.
+    /// stream's certificate Secret (when the operator issued it) and the leader Lease
+    /// ([`remove_leftovers`], the post-delete step).
     pub tls_secret: Option<String>,
     pub lease: Option<String>,
+    /// Label selector of the operator's pods: the leftovers are deleted once they are gone
+    /// (a running leader would renew its Lease, or re-issue its certificate).
+    pub operator_selector: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +65,8 @@ pub enum UninstallError {
     NoTemplate(String),
     #[error("the pods of DaemonSet {daemonset} were still running after {seconds} s")]
     EnforcersRemain { daemonset: String, seconds: u64 },
+    #[error("the operator's pods ({selector}) were still running after {seconds} s")]
+    OperatorsRemain { selector: String, seconds: u64 },
 }
 
 /// What happened on each node.
@@ -330,7 +340,6 @@ pub async fn run(
     let Some(plan) = plan(settings, &daemonsets, &pods, &nodes).await? else {
         warn!(daemonset = %settings.daemonset,
             "no enforcer DaemonSet and no earlier cleanup: nothing to clean");
-        remove_leftovers(&client, settings).await;
         return Ok(Report::default());
     };
     if let Some(selector) = &plan.enforcers {
@@ -343,7 +352,6 @@ pub async fn run(
     for name in &removable {
         delete_pod(&pods, name).await;
     }
-    remove_leftovers(&client, settings).await;
     Ok(report)
 }
 
@@ -355,9 +363,33 @@ async fn delete_pod(pods: &Api<Pod>, name: &str) {
     }
 }
 
-/// Deletes the operator's run-time objects (absent ones are fine; a failure is logged, the
-/// uninstall goes on).
-async fn remove_leftovers(client: &kube::Client, settings: &UninstallSettings) {
+/// The post-delete step: waits until the operator's pods are gone, then deletes its run-time
+/// objects (absent ones are fine; a failed delete is logged, the uninstall goes on).
+pub async fn remove_leftovers(
+    client: &kube::Client,
+    settings: &UninstallSettings,
+) -> Result<(), UninstallError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
+    let operators = ListParams::default().labels(&settings.operator_selector);
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    loop {
+        let left = pods
+            .list(&operators)
+            .await
+            .map_err(api_error("listing the operator pods"))?
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(UninstallError::OperatorsRemain {
+                selector: settings.operator_selector.clone(),
+                seconds: settings.timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(settings.poll).await;
+    }
     if let Some(name) = &settings.tls_secret {
         let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
         log_delete(
@@ -374,6 +406,7 @@ async fn remove_leftovers(client: &kube::Client, settings: &UninstallSettings) {
             api.delete(name, &DeleteParams::default()).await.map(|_| ()),
         );
     }
+    Ok(())
 }
 
 fn log_delete(kind: &str, name: &str, result: Result<(), kube::Error>) {
@@ -399,6 +432,7 @@ mod tests {
             poll: Duration::from_millis(5),
             tls_secret: Some("palisade-stream-tls".into()),
             lease: Some("palisade-operator".into()),
+            operator_selector: "app.kubernetes.io/component=operator".into(),
         }
     }
 
@@ -527,7 +561,6 @@ mod tests {
                 )
                 .await;
             send.ok(&pod("palisade-enforcer-cleanup-aaaaa", "Succeeded"));
-            leftovers_deleted(&mut v).await;
             created
         });
         let report = run(client, &settings()).await.expect("ran");
@@ -591,7 +624,6 @@ mod tests {
                 )
                 .await;
             send.ok(&pod("palisade-enforcer-cleanup-ccccc", "Succeeded"));
-            leftovers_deleted(&mut v).await;
             body
         });
         let report = run(client, &settings()).await.expect("ran");
@@ -656,11 +688,51 @@ mod tests {
             send.status(404, "NotFound");
             let (_, send) = v.expect("GET", CLEANUPS).await;
             send.ok(&list("PodList", vec![]));
-            leftovers_deleted(&mut v).await;
         });
         let report = run(client, &settings()).await.expect("ran");
         server.await.expect("verifier");
         rbac::check_against(rbac::OPERATOR);
         assert_eq!(report, Report::default());
+    }
+
+    #[tokio::test]
+    async fn leftovers_go_once_the_operator_has_stopped() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            let operators =
+                format!("{PODS}?&labelSelector=app.kubernetes.io%2Fcomponent%3Doperator");
+            let (_, send) = v.expect("GET", &operators).await;
+            send.ok(&list(
+                "PodList",
+                vec![pod("palisade-operator-x", "Running")],
+            ));
+            let (_, send) = v.expect("GET", &operators).await;
+            send.ok(&list("PodList", vec![]));
+            leftovers_deleted(&mut v).await;
+        });
+        remove_leftovers(&client, &settings())
+            .await
+            .expect("removed");
+        server.await.expect("verifier");
+        // An operator that does not stop: nothing is deleted under it.
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            loop {
+                let (request, send) = v.next().await;
+                assert_eq!(request.method().as_str(), "GET", "no delete while it runs");
+                send.ok(&list(
+                    "PodList",
+                    vec![pod("palisade-operator-x", "Running")],
+                ));
+            }
+        });
+        let result = remove_leftovers(&client, &settings()).await;
+        server.abort();
+        rbac::check_against(rbac::OPERATOR);
+        assert!(
+            matches!(result, Err(UninstallError::OperatorsRemain { .. })),
+            "{result:?}"
+        );
     }
 }

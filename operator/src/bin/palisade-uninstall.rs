@@ -1,6 +1,8 @@
-//! `palisade-uninstall`: the Helm chart's pre-delete hook. Stops the enforcers and removes
-//! Palisade's chains, hooks and sets from every node (`palisade_operator::uninstall`).
-//! Prints one JSON report on stdout; exits 1 when a node could not be cleaned.
+//! `palisade-uninstall`: the Helm chart's uninstall hooks (`palisade_operator::uninstall`).
+//! `--phase pre-delete` stops the enforcers and removes Palisade's chains, hooks and sets from
+//! every node, prints one JSON report on stdout and exits 1 when a node could not be cleaned;
+//! `--phase post-delete` waits for the operator's pods to go and deletes its certificate
+//! Secret and leader Lease.
 
 use std::time::Duration;
 
@@ -20,10 +22,21 @@ struct Cli {
     /// Longest wait for the enforcers to stop, and again for the cleanups (seconds).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     timeout_secs: u64,
-    /// Also delete this Secret (the stream certificate the operator issued).
+    /// Which hook runs: `pre-delete` (clean the nodes) or `post-delete` (the operator's
+    /// leftovers).
+    #[arg(long, default_value = "pre-delete", value_parser = ["pre-delete", "post-delete"])]
+    phase: String,
+    /// post-delete: the operator's pods (label selector), waited for before deleting.
+    #[arg(
+        long,
+        default_value = "app.kubernetes.io/component=operator",
+        value_name = "SELECTOR"
+    )]
+    operator_selector: String,
+    /// post-delete: delete this Secret (the stream certificate the operator issued).
     #[arg(long, value_name = "NAME")]
     tls_secret: Option<String>,
-    /// Also delete this Lease (the operator's leader election).
+    /// post-delete: delete this Lease (the operator's leader election).
     #[arg(long, value_name = "NAME")]
     lease: Option<String>,
 }
@@ -45,10 +58,16 @@ async fn main() -> anyhow::Result<()> {
         poll: Duration::from_secs(2),
         tls_secret: cli.tls_secret,
         lease: cli.lease,
+        operator_selector: cli.operator_selector,
     };
     let client = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API")?;
+    if cli.phase == "post-delete" {
+        return uninstall::remove_leftovers(&client, &settings)
+            .await
+            .context("removing the operator's leftovers failed");
+    }
     let report = uninstall::run(client, &settings)
         .await
         .context("uninstall cleanup failed")?;
