@@ -285,6 +285,8 @@ impl ControlPlane {
             .arg(&self.reports)
             .arg("--report-interval-ms")
             .arg("200")
+            .arg("--report-denied-every-ms")
+            .arg("200")
             .arg("--audit-database")
             .arg(format!("sqlite://{}", self.audit_db.display()));
         if std::env::var_os("RUST_LOG").is_none() {

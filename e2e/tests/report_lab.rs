@@ -3,7 +3,8 @@
 //! n1's agent is made to fail for real: its `iptables-*-restore` are wrappers that exit 1 while
 //! a flag file exists (what a kernel refusing the rules looks like to the agent). The policy
 //! selecting testweb (on n1) turns `fail` naming n1 and the error within seconds, and back to
-//! `pass` once the agent's retry succeeds. Needs root and the three binaries (built by
+//! `pass` once the agent's retry succeeds; connections the rules then deny show up in the report
+//! as the `deniedLastHour` count from the audit log. Needs root and the three binaries (built by
 //! `cargo build --workspace --bins`); skipped with a message otherwise.
 
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e::operator::{Agent, AgentSpec};
+use e2e::probe::{Outcome, Target, Timing};
 use e2e::runner::{load, Loaded, Options, ScenarioLab};
+use e2e::sock::Proto;
 use serde_json::Value;
 
 fn exe() -> PathBuf {
@@ -193,5 +196,49 @@ fn a_failing_enforcer_turns_the_policy_result_to_fail_and_back_to_pass() {
     assert_eq!(report["summary"]["fail"], 0, "{report}");
     lab.wait_realised(step3.engine.cluster(), Duration::from_secs(10))
         .expect("step 3 in force everywhere");
+
+    // Observed traffic: other -> testweb is denied (testweb is isolated and only testcurl
+    // is allowed); the audit log counts it against the policies isolating testweb, and the
+    // report shows the count.
+    let endpoint = |name: &str| {
+        step3
+            .scenario
+            .endpoints
+            .iter()
+            .position(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no endpoint {name}"))
+    };
+    let web = &step3.scenario.endpoints[endpoint("default/testweb")];
+    let target = Target {
+        proto: Proto::Tcp,
+        addr: std::net::SocketAddr::new(web.ips[0], 80),
+    };
+    let from = lab.endpoint_ns[endpoint("default/other")].clone();
+    let timing = Timing {
+        timeout: Duration::from_millis(300),
+        udp_tries: 1,
+        sctp_raw: false,
+    };
+    for _ in 0..3 {
+        let out = e2e::probe::probe_from(&opts.exe, &from, &[target], timing, 1).expect("probe");
+        assert_eq!(out, [Outcome::Denied], "other -> testweb is denied");
+    }
+    let cp = lab.control.as_ref().expect("operator mode");
+    let report = cp
+        .wait_report(Some("default"), Duration::from_secs(15), |r| {
+            realisation(r, "NetworkPolicy/deny-all-for-testweb").is_some_and(|x| {
+                x["properties"]["deniedLastHour"]
+                    .as_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n >= 1)
+            })
+        })
+        .expect("the denied connections are in the report");
+    eprintln!(
+        "observed: {}",
+        realisation(&report, "NetworkPolicy/deny-all-for-testweb")
+            .map(|x| x["properties"].clone())
+            .unwrap_or_default()
+    );
     lab.teardown().expect("teardown");
 }

@@ -95,6 +95,8 @@ pub struct ReportSettings {
     pub max_results: usize,
     /// How often the reports are rebuilt.
     pub interval: Duration,
+    /// How often the audit log's denied counts are read again.
+    pub denied_every: Duration,
     /// Where the manifest-directory source writes its reports (YAML files); `None`: not written.
     pub dir: Option<PathBuf>,
 }
@@ -108,6 +110,7 @@ impl Default for ReportSettings {
             unprotected_pods: true,
             max_results: 1000,
             interval: Duration::from_secs(1),
+            denied_every: Duration::from_secs(30),
             dir: None,
         }
     }
@@ -145,6 +148,11 @@ pub struct ReportArgs {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub report_interval_ms: u64,
 
+    /// How often the denied counts of the last hour are read from the audit log
+    /// (milliseconds).
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub report_denied_every_ms: u64,
+
     /// With the manifest-directory source: the folder the reports are written to as YAML.
     #[arg(long, value_name = "FOLDER")]
     pub report_dir: Option<PathBuf>,
@@ -159,6 +167,7 @@ impl ReportArgs {
             unprotected_pods: !self.no_unprotected_pods,
             max_results: self.report_max_results.max(1),
             interval: Duration::from_millis(self.report_interval_ms.max(10)),
+            denied_every: Duration::from_millis(self.report_denied_every_ms.max(10)),
             dir: self.report_dir.clone(),
         }
     }
@@ -316,9 +325,6 @@ pub struct Reporter {
     denied_cache: Option<(std::time::Instant, BTreeMap<String, u64>)>,
 }
 
-/// How often the audit log's denied counts are read again.
-const DENIED_EVERY: Duration = Duration::from_secs(30);
-
 /// Everything a build reads that can change.
 #[derive(Clone, Debug, PartialEq)]
 struct Built {
@@ -439,11 +445,11 @@ impl Reporter {
         }
     }
 
-    /// The audit log's denied counts, asked at most every [`DENIED_EVERY`] (a query over an
+    /// The audit log's denied counts, asked at most every `denied_every` (a query over an
     /// hour of decisions is not for every interval).
     async fn denied_counts(&mut self) -> BTreeMap<String, u64> {
         if let Some((at, counts)) = &self.denied_cache {
-            if at.elapsed() < DENIED_EVERY {
+            if at.elapsed() < self.settings.denied_every {
                 return counts.clone();
             }
         }
