@@ -104,8 +104,11 @@ POSTGRES = {"audit": {"storage": "postgres", "postgres": {"existingSecret": "pal
 VALUE_SETS = {
     "defaults": ({}, BASE_KINDS + Counter({"PersistentVolumeClaim": 1})),
     "postgres": (POSTGRES, BASE_KINDS),
-    "ha": ({**POSTGRES, "operator": {"replicas": 3}}, BASE_KINDS),
-    "ha-without-audit": ({"audit": {"enabled": False}, "operator": {"replicas": 2}}, BASE_KINDS - Counter({"ClusterRole": 1})),
+    "ha": ({**POSTGRES, "operator": {"replicas": 3}}, BASE_KINDS + Counter({"PodDisruptionBudget": 1})),
+    "ha-without-audit": (
+        {"audit": {"enabled": False}, "operator": {"replicas": 2}},
+        BASE_KINDS - Counter({"ClusterRole": 1}) + Counter({"PodDisruptionBudget": 1}),
+    ),
     "audit-and-reports-off": ({"audit": {"enabled": False}, "reports": {"api": "none"}}, BASE_KINDS - Counter({"ClusterRole": 1})),
     "crd-toggles-off": (
         {"reports": {"api": "both", "installCRDs": False}, "uninstall": {"cleanup": False}},
@@ -291,6 +294,9 @@ def test_ha_with_postgres(chart):
     assert args(c)["--audit-database"] == ["$(PALISADE_AUDIT_DATABASE)"]
     assert all(v["name"] != "audit" for v in dep["spec"]["template"]["spec"]["volumes"])
     assert "PersistentVolumeClaim" not in kinds(objects)
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
 
 def test_enforcer_daemonset(chart):
