@@ -137,35 +137,39 @@ fn from_cluster(args: &Args) -> Result<Shown> {
         } else {
             args.namespace.as_deref()
         };
-        let urls: Vec<String> = match namespace {
-            Some(ns) => vec![
-                format!(
-                    "/apis/wgpolicyk8s.io/v1alpha2/namespaces/{ns}/policyreports/{REPORT_NAME}"
-                ),
-                format!("/apis/openreports.io/v1alpha1/namespaces/{ns}/reports/{REPORT_NAME}"),
-            ],
-            None => vec![
-                format!("/apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports/{REPORT_NAME}"),
-                format!("/apis/openreports.io/v1alpha1/clusterreports/{REPORT_NAME}"),
-            ],
-        };
-        for url in &urls {
-            let request = http::Request::get(url.as_str())
-                .body(Vec::new())
-                .map_err(|e| anyhow!("{url}: {e}"))?;
-            match client.request::<Shown>(request).await {
-                Ok(report) => return Ok(report),
-                // Not there (or that API is not installed): try the other API.
-                Err(kube::Error::Api(s)) if s.is_not_found() => continue,
-                Err(e) => return Err(e).with_context(|| url.clone()),
-            }
-        }
-        bail!(
-            "no report found ({}): the namespace has no pods or policies, or palisade-operator \
-             does not write reports",
-            urls.join(", ")
-        )
+        fetch(client, namespace).await
     })
+}
+
+/// Reads Palisade's report of `namespace` (`None`: the cluster's), `wgpolicyk8s.io` first,
+/// then `openreports.io`.
+async fn fetch(client: kube::Client, namespace: Option<&str>) -> Result<Shown> {
+    let urls: Vec<String> = match namespace {
+        Some(ns) => vec![
+            format!("/apis/wgpolicyk8s.io/v1alpha2/namespaces/{ns}/policyreports/{REPORT_NAME}"),
+            format!("/apis/openreports.io/v1alpha1/namespaces/{ns}/reports/{REPORT_NAME}"),
+        ],
+        None => vec![
+            format!("/apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports/{REPORT_NAME}"),
+            format!("/apis/openreports.io/v1alpha1/clusterreports/{REPORT_NAME}"),
+        ],
+    };
+    for url in &urls {
+        let request = http::Request::get(url.as_str())
+            .body(Vec::new())
+            .map_err(|e| anyhow!("{url}: {e}"))?;
+        match client.request::<Shown>(request).await {
+            Ok(report) => return Ok(report),
+            // Not there (or that API is not installed): try the other API.
+            Err(kube::Error::Api(s)) if s.is_not_found() => continue,
+            Err(e) => return Err(e).with_context(|| url.clone()),
+        }
+    }
+    bail!(
+        "no report found ({}): the namespace has no pods or policies, or palisade-operator \
+         does not write reports",
+        urls.join(", ")
+    )
 }
 
 fn label(kind: Option<ResultKind>) -> &'static str {
@@ -287,6 +291,57 @@ results:
              \n\
              PASS  NetworkPolicy/a  [realisation]\n      realised on every node hosting a selected pod (n1)\n      nodes: n1\n"
         );
+    }
+
+    #[test]
+    fn reads_the_report_of_either_api_from_the_cluster() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(either_api());
+    }
+
+    async fn either_api() {
+        use tower_test::mock;
+        let (service, mut handle) =
+            mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = kube::Client::new(service, "default");
+        let server = tokio::spawn(async move {
+            let answer = |status: u16, body: String| {
+                http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(body.into_bytes()))
+                    .expect("response")
+            };
+            let (request, send) = handle.next_request().await.expect("first request");
+            assert_eq!(
+                request.uri().to_string(),
+                "/apis/wgpolicyk8s.io/v1alpha2/namespaces/prod/policyreports/palisade"
+            );
+            send.send_response(answer(
+                404,
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#.into(),
+            ));
+            let (request, send) = handle.next_request().await.expect("second request");
+            assert_eq!(
+                request.uri().to_string(),
+                "/apis/openreports.io/v1alpha1/namespaces/prod/reports/palisade"
+            );
+            let report: serde_json::Value = serde_yaml::from_str(REPORT).expect("yaml");
+            let mut report = report;
+            report["apiVersion"] = "openreports.io/v1alpha1".into();
+            report["kind"] = "Report".into();
+            send.send_response(answer(200, report.to_string()));
+        });
+        let shown = fetch(client, Some("prod"))
+            .await
+            .expect("the OpenReports report");
+        server.await.expect("server");
+        assert_eq!(shown.kind, "Report");
+        assert_eq!(shown.summary.fail, 1);
+        assert_eq!(shown.results.len(), 3);
     }
 
     #[test]
