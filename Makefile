@@ -6,7 +6,9 @@
 #               the scenario suite through the engine and on the real dataplane
 SHELL := /bin/bash
 CARGO ?= cargo
-APT_PACKAGES := iptables ipset conntrack iproute2 kmod
+# postgresql: the audit store's tests start their own server from its binaries
+# (audit/src/pg_harness.rs: initdb into a temporary folder, a loopback port).
+APT_PACKAGES := iptables ipset conntrack iproute2 kmod postgresql
 # The chart's tests (charts/tests) drive the real Helm engine through helm-python-sdk.
 PYTHON ?= python3
 PIP_PACKAGES := helm-python-sdk==0.2.2 pytest==9.2.0 PyYAML==6.0.3
