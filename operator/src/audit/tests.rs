@@ -305,3 +305,63 @@ fn outcome(o: &str) -> super::metrics::OutcomeLabels {
         outcome: o.to_string(),
     }
 }
+
+/// The ingest opens the database only once this replica leads, and a batch the store
+/// cannot hold is recorded as a gap (with the reason) and answered, not retried forever.
+#[tokio::test]
+async fn ingest_waits_for_the_lead_and_records_rejected_batches_as_gaps() {
+    use super::ingest::{Backoff, IngestTask};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/audit.db", dir.path().display());
+    let hub = crate::hub::Hub::new();
+    let metrics = AuditMetrics::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (ingest, store, task) = IngestTask {
+        url,
+        pod_ips: super::PodIps::new(),
+        hub: Arc::clone(&hub),
+        metrics: metrics.clone(),
+        backoff: Backoff {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
+        shutdown: shutdown.clone(),
+    }
+    .spawn();
+    let mut bad = decision(("dev", "curl"), ("prod", "web"), Verdict::Deny);
+    bad.rule_name = Some("nul\0".into());
+    let mut done = ingest
+        .submit(DecisionBatch {
+            source: "n1/x".into(),
+            seq: 9,
+            decisions: vec![bad],
+            gaps: vec![],
+        })
+        .expect("queued");
+    // Not leading: nothing opened, nothing answered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(store.borrow().is_none());
+    assert!(done.try_recv().is_err());
+    hub.set_leader(true);
+    let seq = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert_eq!(seq, 9);
+    assert_eq!(metrics.rejected.get(), 1);
+    let db = store.borrow().clone().expect("open");
+    let gaps = db.gaps(0, 10).await.expect("gaps");
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(
+        (gaps[0].source.as_str(), gaps[0].seq, gaps[0].lost),
+        ("n1/x", 9, 1)
+    );
+    assert!(
+        gaps[0].reason.contains("rejected by the operator") && gaps[0].reason.contains("NUL"),
+        "{}",
+        gaps[0].reason
+    );
+    shutdown.cancel();
+    let _ = task.await;
+}

@@ -491,10 +491,13 @@ impl Session {
             ServerMessage::Current { version } => format!("current at version {version}"),
             ServerMessage::DecisionsAck { seq } => format!("decisions acknowledged up to {seq}"),
         };
+        let snapshot = matches!(msg, ServerMessage::Snapshot(_));
         if tx.send(Ok(msg)).await.is_err() {
             return false;
         }
-        self.metrics.snapshots.inc();
+        if snapshot {
+            self.metrics.snapshots.inc();
+        }
         tracing::debug!(node = %self.node, "sent {what}");
         true
     }
