@@ -53,7 +53,8 @@ fn batch(seq: u64, now: i64) -> DecisionBatch {
                 }),
                 rule_id: "P1a2b3cR0I".into(),
                 tier: "networkpolicy".into(),
-                policy: (!n.is_multiple_of(3)).then(|| format!("NetworkPolicy ns-{}/allow", n * 7 % 100)),
+                policy: (!n.is_multiple_of(3))
+                    .then(|| format!("NetworkPolicy ns-{}/allow", n * 7 % 100)),
                 rule_index: (!n.is_multiple_of(3)).then_some(0),
                 rule_name: None,
                 isolated_by: if n.is_multiple_of(3) {
@@ -184,6 +185,8 @@ async fn main() {
     let rate = ingest(&sqlite, 1_000, 100).await;
     println!("sqlite ingest with {rows} rows stored: {rate:.0} decisions/s");
     sqlite.close().await;
+    // The SQLite file goes before PostgreSQL fills its own (a tmpfs holds both in memory).
+    drop(dir);
 
     // PostgreSQL.
     let pg = PgServer::start_new().expect("postgres");
