@@ -86,13 +86,25 @@ async fn ingest(store: &dyn AuditStore, first_seq: u64, batches: u64) -> f64 {
     (batches as f64 * BATCH as f64) / start.elapsed().as_secs_f64()
 }
 
+/// Rows generated per statement (one transaction each, so the WAL stays small).
+const CHUNK: i64 = 1_000_000;
+
+/// The schema as migration 1 leaves it (indexes come with migration 2).
+fn version_1(full: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(full.migrations[..1].to_vec()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
+/// Rows `?1 < x <= ?2`, stored at `?3`.
 const SQLITE_BULK: &str =
-    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1)
+    "WITH RECURSIVE c(x) AS (SELECT ?1 + 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?2)
 INSERT INTO decisions (source, seq, idx, first_seen_ms, last_seen_ms, count, node, direction,
   verdict, protocol, src_ip, src_port, dst_ip, dst_port, src_namespace, src_pod, dst_namespace,
   dst_pod, rule_id, tier, policy, rule_index, rule_name, isolated_by, stored_at_ms)
-SELECT 'bulk/' || (x % 50), x / 1000, x % 1000, ?2 - (x * 7919 % 604800000) - 100,
-  ?2 - (x * 7919 % 604800000), 1, 'node-' || (x % 50),
+SELECT 'bulk/' || (x % 50), x / 1000, x % 1000, ?3 - (x * 7919 % 604800000) - 100,
+  ?3 - (x * 7919 % 604800000), 1, 'node-' || (x % 50),
   CASE WHEN x % 2 = 0 THEN 'ingress' ELSE 'egress' END,
   CASE WHEN x % 3 = 0 THEN 'deny' ELSE 'allow' END, 'tcp',
   '10.0.' || (x % 250) || '.' || (x % 200), 30000 + x % 30000,
@@ -102,14 +114,14 @@ SELECT 'bulk/' || (x % 50), x / 1000, x % 1000, ?2 - (x * 7919 % 604800000) - 10
   CASE WHEN x % 3 = 0 THEN NULL ELSE 'NetworkPolicy ns-' || (x * 7 % 100) || '/allow' END,
   NULL, NULL,
   CASE WHEN x % 3 = 0 THEN '[\"NetworkPolicy ns-' || (x * 7 % 100) || '/deny\"]' ELSE '[]' END,
-  ?2
+  ?3
 FROM c";
 
 const PG_BULK: &str = "INSERT INTO decisions (source, seq, idx, first_seen_ms, last_seen_ms, count,
   node, direction, verdict, protocol, src_ip, src_port, dst_ip, dst_port, src_namespace, src_pod,
   dst_namespace, dst_pod, rule_id, tier, policy, rule_index, rule_name, isolated_by, stored_at_ms)
-SELECT 'bulk/' || (x % 50), x / 1000, x % 1000, $2 - (x * 7919 % 604800000) - 100,
-  $2 - (x * 7919 % 604800000), 1, 'node-' || (x % 50),
+SELECT 'bulk/' || (x % 50), x / 1000, x % 1000, $3 - (x * 7919 % 604800000) - 100,
+  $3 - (x * 7919 % 604800000), 1, 'node-' || (x % 50),
   CASE WHEN x % 2 = 0 THEN 'ingress' ELSE 'egress' END,
   CASE WHEN x % 3 = 0 THEN 'deny' ELSE 'allow' END, 'tcp',
   '10.0.' || (x % 250) || '.' || (x % 200), 30000 + x % 30000,
@@ -119,8 +131,8 @@ SELECT 'bulk/' || (x % 50), x / 1000, x % 1000, $2 - (x * 7919 % 604800000) - 10
   CASE WHEN x % 3 = 0 THEN NULL ELSE 'NetworkPolicy ns-' || (x * 7 % 100) || '/allow' END,
   NULL, NULL,
   CASE WHEN x % 3 = 0 THEN '[\"NetworkPolicy ns-' || (x * 7 % 100) || '/deny\"]' ELSE '[]' END,
-  $2
-FROM generate_series(1::bigint, $1::bigint) AS x";
+  $3
+FROM generate_series($1::bigint + 1, $2::bigint) AS x";
 
 /// The question, through the query builder: (median, max) latency and the rows found.
 async fn denied_into(store: &dyn AuditStore, runs: usize) -> (Duration, Duration, usize) {
@@ -155,25 +167,42 @@ async fn main() {
         .unwrap_or(10_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
 
-    // SQLite.
-    let url = format!("sqlite://{}/bench.db", dir.path().display());
-    let sqlite = SqliteStore::open(&url).await.expect("sqlite");
+    // SQLite: ingest into a fresh database; the question over a second one loaded in bulk
+    // (version 1 schema, rows in chunks of a million, then migrated: the indexes built once).
+    let fresh = format!("sqlite://{}/fresh.db", dir.path().display());
+    let sqlite = SqliteStore::open(&fresh).await.expect("sqlite");
     ingest(&sqlite, 0, 5).await; // warm-up
     let rate = ingest(&sqlite, 5, 200).await;
     println!("sqlite ingest, fresh database: {rate:.0} decisions/s (200 batches of {BATCH})");
-    let start = Instant::now();
-    sqlx::query(SQLITE_BULK)
-        .bind(rows)
-        .bind(now_ms())
-        .execute(sqlite.pool())
+    sqlite.close().await;
+    let big = format!("sqlite://{}/big.db", dir.path().display());
+    let sqlite = SqliteStore::open_unmigrated(&big).await.expect("sqlite");
+    version_1(&palisade_audit::sqlite::MIGRATOR)
+        .run(sqlite.pool())
         .await
-        .expect("bulk");
+        .expect("v1");
+    let start = Instant::now();
+    let now = now_ms();
+    for chunk in 0..(rows + CHUNK - 1) / CHUNK {
+        sqlx::query(SQLITE_BULK)
+            .bind(chunk * CHUNK)
+            .bind(((chunk + 1) * CHUNK).min(rows))
+            .bind(now)
+            .execute(sqlite.pool())
+            .await
+            .expect("bulk");
+    }
+    let loaded = start.elapsed();
+    sqlite.close().await;
+    let start = Instant::now();
+    let sqlite = SqliteStore::open(&big).await.expect("migrate");
     sqlx::query("ANALYZE")
         .execute(sqlite.pool())
         .await
         .expect("analyze");
     println!(
-        "sqlite bulk load of {rows} rows: {:.1} s",
+        "sqlite bulk load of {rows} rows: {:.1} s, then indexes and views (migration 2): {:.1} s",
+        loaded.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
     let (median, max, found) = denied_into(&sqlite, 40).await;
@@ -185,28 +214,49 @@ async fn main() {
     let rate = ingest(&sqlite, 1_000, 100).await;
     println!("sqlite ingest with {rows} rows stored: {rate:.0} decisions/s");
     sqlite.close().await;
-    // The SQLite file goes before PostgreSQL fills its own (a tmpfs holds both in memory).
+    // The SQLite files go before PostgreSQL fills its own (a tmpfs holds both in memory).
     drop(dir);
 
-    // PostgreSQL.
+    // PostgreSQL: the same, the bulk rows in a second database.
     let pg = PgServer::start_new().expect("postgres");
     let store = PgStore::open(&pg.url()).await.expect("postgres store");
     ingest(&store, 0, 5).await;
     let rate = ingest(&store, 5, 200).await;
     println!("postgres ingest, fresh database: {rate:.0} decisions/s (200 batches of {BATCH})");
-    let start = Instant::now();
-    sqlx::query(PG_BULK)
-        .bind(rows)
-        .bind(now_ms())
+    sqlx::query("CREATE DATABASE big")
         .execute(store.pool())
         .await
-        .expect("bulk");
+        .expect("create database");
+    store.close().await;
+    let store = PgStore::open_unmigrated(&pg.url_for("big"))
+        .await
+        .expect("big");
+    version_1(&palisade_audit::postgres::MIGRATOR)
+        .run(store.pool())
+        .await
+        .expect("v1");
+    let start = Instant::now();
+    let now = now_ms();
+    for chunk in 0..(rows + CHUNK - 1) / CHUNK {
+        sqlx::query(PG_BULK)
+            .bind(chunk * CHUNK)
+            .bind(((chunk + 1) * CHUNK).min(rows))
+            .bind(now)
+            .execute(store.pool())
+            .await
+            .expect("bulk");
+    }
+    let loaded = start.elapsed();
+    store.close().await;
+    let start = Instant::now();
+    let store = PgStore::open(&pg.url_for("big")).await.expect("migrate");
     sqlx::query("VACUUM ANALYZE decisions")
         .execute(store.pool())
         .await
         .expect("analyze");
     println!(
-        "postgres bulk load of {rows} rows: {:.1} s",
+        "postgres bulk load of {rows} rows: {:.1} s, then indexes and views (migration 2): {:.1} s",
+        loaded.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
     let (median, max, found) = denied_into(&store, 40).await;
