@@ -1,7 +1,5 @@
 //! Reconcile: nothing before sync, one commit per burst, bounded delay, rejections.
 
-use std::collections::BTreeMap;
-
 use palisade_crds::ClusterObject;
 use palisade_policy::model::{
     LabelSelector, Labels, Namespace, Node, Pod, Policy, PolicyId, PolicyKind, Subject, TIER_ADMIN,
