@@ -80,6 +80,9 @@ fn serves_health_and_metrics_follows_edits_and_stops_on_sigterm() {
         .arg("json")
         .arg("--poll-ms")
         .arg("20")
+        // No audit log (its default is a file under /var/lib/palisade).
+        .arg("--audit-database")
+        .arg("none")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env("RUST_LOG", "info")
