@@ -365,3 +365,49 @@ async fn ingest_waits_for_the_lead_and_records_rejected_batches_as_gaps() {
     shutdown.cancel();
     let _ = task.await;
 }
+
+/// The API over HTTPS (the stream's certificate, HTTP/1.1): a caller without a token gets
+/// 401 with `WWW-Authenticate: Bearer`, and no request reaches the API server.
+#[tokio::test]
+async fn served_over_https() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = palisade_wire::pki::write(dir.path(), &["localhost", "127.0.0.1"]).expect("pki");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    // A free port: bind, read it, release.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let server = super::api::serve(listen, &pki.cert, &pki.key, f.app.clone(), shutdown.clone())
+        .await
+        .expect("serves");
+    let ca = std::fs::read(&pki.ca).expect("ca");
+    let der: Vec<Vec<u8>> = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::pem_slice_iter(&ca)
+            .map(|c| c.expect("pem").to_vec())
+            .collect()
+    };
+    let mut config = kube::Config::new(format!("https://localhost:{port}").parse().expect("uri"));
+    config.root_cert = Some(der);
+    let client = kube::Client::try_from(config).expect("client");
+    let request = http::Request::get("/api/v1/decisions?namespace=prod")
+        .body(Vec::new())
+        .expect("request");
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+}
