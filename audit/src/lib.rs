@@ -36,6 +36,8 @@ pub use model::{
     DeniedCount, IsolatedBy, PolicyTraffic, Pruned, Retention, StoredDecision, StoredGap,
     TopTalker, WriteOutcome,
 };
+/// The sqlx the pools are of (tests and tools that use [`sqlite::SqliteStore::pool`]).
+pub use sqlx;
 pub use store::{backend_of, open, open_existing, prune, redact, AuditStore, Backend};
 
 /// Milliseconds since the Unix epoch, now.

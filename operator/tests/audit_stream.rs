@@ -121,9 +121,18 @@ fn batch(seq: u64, n: usize, dst_ip: &str) -> DecisionBatch {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_survive_a_database_outage_stored_once() {
-    let pg = PgServer::start_new().expect("postgres starts");
+/// A stream server whose decision batches go to an ingest writing into `url`.
+struct Server {
+    endpoint: String,
+    ca: String,
+    store: palisade_operator::audit::StoreSlot,
+    metrics: AuditMetrics,
+    shutdown: CancellationToken,
+    _stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(url: String) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let files = pki::write(dir.path(), &["localhost", "127.0.0.1"]).expect("pki");
     let hub = Hub::new();
@@ -136,7 +145,7 @@ async fn batches_survive_a_database_outage_stored_once() {
     let metrics = AuditMetrics::new();
     let shutdown = CancellationToken::new();
     let (ingest, store, _task) = IngestTask {
-        url: pg.url(),
+        url,
         pod_ips,
         hub: Arc::clone(&hub),
         metrics: metrics.clone(),
@@ -152,7 +161,7 @@ async fn batches_survive_a_database_outage_stored_once() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = tls::server_config(&files.cert, &files.key).expect("tls");
-    let (_stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     let service = StreamService::new(
         Arc::clone(&hub),
         Arc::new(StaticTokens::new([("tok-n1", "n1")])),
@@ -162,10 +171,30 @@ async fn batches_survive_a_database_outage_stored_once() {
     )
     .with_audit(ingest);
     tokio::spawn(stream::serve(listener, config, service, stop_rx));
-    let endpoint = format!("https://127.0.0.1:{}", addr.port());
-    let ca = std::fs::read_to_string(&files.ca).expect("ca");
+    Server {
+        endpoint: format!("https://127.0.0.1:{}", addr.port()),
+        ca: std::fs::read_to_string(&files.ca).expect("ca"),
+        store,
+        metrics,
+        shutdown,
+        _stop: stop,
+        _dir: dir,
+    }
+}
 
-    let mut conn = follow(&endpoint, &ca).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_survive_a_database_outage_stored_once() {
+    let pg = PgServer::start_new().expect("postgres starts");
+    let server = serve(pg.url()).await;
+    let (endpoint, ca, store, metrics, shutdown) = (
+        &server.endpoint,
+        &server.ca,
+        &server.store,
+        &server.metrics,
+        &server.shutdown,
+    );
+
+    let mut conn = follow(endpoint, ca).await;
     // Ends attributed by the operator: a pod, a host-network pod (no pod), an unknown
     // address (external).
     conn.tx
@@ -229,7 +258,7 @@ async fn batches_survive_a_database_outage_stored_once() {
 
     // The acknowledgements were lost with the stream: the enforcer sends everything again.
     drop(conn);
-    let mut conn = follow(&endpoint, &ca).await;
+    let mut conn = follow(endpoint, ca).await;
     let dup_before = metrics.duplicates.get();
     for s in 4..=last {
         conn.tx
@@ -247,4 +276,52 @@ async fn batches_survive_a_database_outage_stored_once() {
     );
     assert_eq!(metrics.duplicates.get() - dup_before, 50 * (last - 3));
     shutdown.cancel();
+}
+
+/// SQLite held by another writer's exclusive transaction (what a backup or a stuck process
+/// does) for `LOCKED`: nothing acknowledged meanwhile, everything once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_wait_for_a_locked_sqlite_file() {
+    const LOCKED: Duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/audit.db", dir.path().display());
+    let server = serve(url.clone()).await;
+    let mut conn = follow(&server.endpoint, &server.ca).await;
+    conn.tx
+        .send(ClientMessage::Decisions(batch(1, 10, "10.2.0.5")))
+        .await
+        .expect("send");
+    assert_eq!(ack(&mut conn).await, 1);
+    let other = palisade_audit::sqlite::SqliteStore::open(&url)
+        .await
+        .expect("second handle");
+    let mut lock = other.pool().acquire().await.expect("connection");
+    palisade_audit::sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let started = std::time::Instant::now();
+    let mut seq = 2;
+    while started.elapsed() < LOCKED {
+        conn.tx
+            .send(ClientMessage::Decisions(batch(seq, 10, "10.2.0.5")))
+            .await
+            .expect("send");
+        seq += 1;
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(500), conn.rx.message()).await {
+            panic!("acknowledged while the file is locked: {m:?}");
+        }
+    }
+    palisade_audit::sqlx::query("COMMIT")
+        .execute(&mut *lock)
+        .await
+        .expect("unlock");
+    let last = seq - 1;
+    for expected in 2..=last {
+        assert_eq!(ack(&mut conn).await, expected);
+    }
+    assert!(server.metrics.write_failures.get() > 0);
+    let db = server.store.borrow().clone().expect("open");
+    assert_eq!(db.count_decisions().await.expect("count"), 10 * last);
+    server.shutdown.cancel();
 }
