@@ -86,6 +86,24 @@ async fn ingest(store: &dyn AuditStore, first_seq: u64, batches: u64) -> f64 {
     (batches as f64 * BATCH as f64) / start.elapsed().as_secs_f64()
 }
 
+/// Batches the operator's ingest writes in one transaction when they queue up (sustained
+/// load): 20 batches of 1,000, its `GROUP_DECISIONS`.
+const GROUP: usize = 20;
+
+/// Writes `batches` batches as the ingest does under sustained load (group commit);
+/// returns decisions per second.
+async fn ingest_grouped(store: &dyn AuditStore, first_seq: u64, batches: u64) -> f64 {
+    let now = now_ms();
+    let prepared: Vec<DecisionBatch> = (first_seq..first_seq + batches)
+        .map(|s| batch(s, now))
+        .collect();
+    let start = Instant::now();
+    for group in prepared.chunks(GROUP) {
+        store.write_batches(group, now).await.expect("write");
+    }
+    (batches as f64 * BATCH as f64) / start.elapsed().as_secs_f64()
+}
+
 /// Rows generated per statement (one transaction each, so the WAL stays small).
 const CHUNK: i64 = 1_000_000;
 
@@ -173,8 +191,13 @@ async fn main() {
     let sqlite = SqliteStore::open(&fresh).await.expect("sqlite");
     ingest(&sqlite, 0, 5).await; // warm-up
     let rate = ingest(&sqlite, 5, 200).await;
-    println!("sqlite ingest, fresh database: {rate:.0} decisions/s (200 batches of {BATCH})");
+    println!("sqlite ingest, fresh database: {rate:.0} decisions/s (200 batches of {BATCH}, one transaction each)");
+    let rate = ingest_grouped(&sqlite, 205, 400).await;
+    println!("sqlite ingest, sustained (groups of {GROUP} batches per transaction): {rate:.0} decisions/s (400 batches of {BATCH})");
     sqlite.close().await;
+    if std::env::var_os("SQLITE_INGEST_ONLY").is_some() {
+        return;
+    }
     let big = format!("sqlite://{}/big.db", dir.path().display());
     let sqlite = SqliteStore::open_unmigrated(&big).await.expect("sqlite");
     version_1(&palisade_audit::sqlite::MIGRATOR)
@@ -213,6 +236,8 @@ async fn main() {
     );
     let rate = ingest(&sqlite, 1_000, 100).await;
     println!("sqlite ingest with {rows} rows stored: {rate:.0} decisions/s");
+    let rate = ingest_grouped(&sqlite, 1_100, 200).await;
+    println!("sqlite ingest with {rows} rows stored, grouped: {rate:.0} decisions/s");
     sqlite.close().await;
     // The SQLite files go before PostgreSQL fills its own (a tmpfs holds both in memory).
     drop(dir);
@@ -222,7 +247,9 @@ async fn main() {
     let store = PgStore::open(&pg.url()).await.expect("postgres store");
     ingest(&store, 0, 5).await;
     let rate = ingest(&store, 5, 200).await;
-    println!("postgres ingest, fresh database: {rate:.0} decisions/s (200 batches of {BATCH})");
+    println!("postgres ingest, fresh database: {rate:.0} decisions/s (200 batches of {BATCH}, one transaction each)");
+    let rate = ingest_grouped(&store, 205, 400).await;
+    println!("postgres ingest, sustained (groups of {GROUP} batches per transaction): {rate:.0} decisions/s (400 batches of {BATCH})");
     sqlx::query("CREATE DATABASE big")
         .execute(store.pool())
         .await
@@ -265,6 +292,8 @@ async fn main() {
         ms(median),
         ms(max)
     );
+    let rate = ingest_grouped(&store, 1_100, 200).await;
+    println!("postgres ingest with {rows} rows stored, grouped: {rate:.0} decisions/s");
     let rate = ingest(&store, 1_000, 100).await;
     println!("postgres ingest with {rows} rows stored: {rate:.0} decisions/s");
     store.close().await;

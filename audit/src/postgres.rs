@@ -150,24 +150,28 @@ impl AuditStore for PgStore {
         Backend::Postgres
     }
 
-    async fn write_batch(
+    async fn write_batches(
         &self,
-        batch: &DecisionBatch,
+        batches: &[DecisionBatch],
         stored_at_ms: i64,
-    ) -> Result<WriteOutcome, AuditError> {
-        let rows = flatten(batch)?;
+    ) -> Result<Vec<WriteOutcome>, AuditError> {
+        let all = batches.iter().map(flatten).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin().await?;
-        let mut out = WriteOutcome::default();
-        if !rows.decisions.is_empty() {
-            out.decisions = insert_decisions(&mut tx, &rows, stored_at_ms).await?;
-            out.duplicates += rows.decisions.len() as u64 - out.decisions;
-        }
-        if !rows.gaps.is_empty() {
-            out.gaps = insert_gaps(&mut tx, &rows, stored_at_ms).await?;
-            out.duplicates += rows.gaps.len() as u64 - out.gaps;
+        let mut outcomes = Vec::with_capacity(all.len());
+        for rows in &all {
+            let mut out = WriteOutcome::default();
+            if !rows.decisions.is_empty() {
+                out.decisions = insert_decisions(&mut tx, rows, stored_at_ms).await?;
+                out.duplicates += rows.decisions.len() as u64 - out.decisions;
+            }
+            if !rows.gaps.is_empty() {
+                out.gaps = insert_gaps(&mut tx, rows, stored_at_ms).await?;
+                out.duplicates += rows.gaps.len() as u64 - out.gaps;
+            }
+            outcomes.push(out);
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(outcomes)
     }
 
     async fn decisions(&self, filter: &DecisionFilter) -> Result<Vec<StoredDecision>, AuditError> {

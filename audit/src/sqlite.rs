@@ -16,7 +16,7 @@ use crate::filter::{Param, Placeholders};
 use crate::model::{
     DeniedCount, PolicyTraffic, StoredDecision, StoredGap, TopTalker, WriteOutcome,
 };
-use crate::rows::flatten;
+use crate::rows::{flatten, BatchRows};
 use crate::store::{denied_counts, AuditStore, Backend};
 use crate::{AuditError, DecisionFilter};
 
@@ -76,6 +76,10 @@ impl SqliteStore {
             // 64 MiB of page cache per connection (the default is 2 MiB): the namespace
             // and pod indexes take their inserts at random places.
             .pragma("cache_size", "-65536")
+            // Checkpoint every 20,000 pages (80 MiB of WAL) rather than 1,000: an index page
+            // dirtied by many batches is copied into the database once per checkpoint, not
+            // once per few batches (sustained ingest 1.5x).
+            .pragma("wal_autocheckpoint", "20000")
             .busy_timeout(Duration::from_secs(2));
         let parent = options
             .get_filename()
@@ -112,71 +116,19 @@ impl AuditStore for SqliteStore {
         Backend::Sqlite
     }
 
-    async fn write_batch(
+    async fn write_batches(
         &self,
-        batch: &DecisionBatch,
+        batches: &[DecisionBatch],
         stored_at_ms: i64,
-    ) -> Result<WriteOutcome, AuditError> {
-        let rows = flatten(batch)?;
+    ) -> Result<Vec<WriteOutcome>, AuditError> {
+        let all = batches.iter().map(flatten).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.writer.begin().await?;
-        let mut out = WriteOutcome::default();
-        for chunk in rows.decisions.chunks(ROWS_PER_INSERT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(DECISION_COLUMNS);
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(rows.source.as_str())
-                    .push_bind(rows.seq)
-                    .push_bind(r.idx)
-                    .push_bind(r.first_seen_ms)
-                    .push_bind(r.last_seen_ms)
-                    .push_bind(r.count)
-                    .push_bind(r.node.as_str())
-                    .push_bind(r.direction)
-                    .push_bind(r.verdict)
-                    .push_bind(r.protocol.as_str())
-                    .push_bind(r.src_ip.as_str())
-                    .push_bind(r.src_port)
-                    .push_bind(r.dst_ip.as_str())
-                    .push_bind(r.dst_port)
-                    .push_bind(r.src_namespace.as_deref())
-                    .push_bind(r.src_pod.as_deref())
-                    .push_bind(r.dst_namespace.as_deref())
-                    .push_bind(r.dst_pod.as_deref())
-                    .push_bind(r.rule_id.as_str())
-                    .push_bind(r.tier.as_str())
-                    .push_bind(r.policy.as_deref())
-                    .push_bind(r.rule_index)
-                    .push_bind(r.rule_name.as_deref())
-                    .push_bind(r.isolated_by.as_str())
-                    .push_bind(stored_at_ms);
-            });
-            qb.push(" ON CONFLICT (source, seq, idx) DO NOTHING");
-            let n = qb.build().execute(&mut *tx).await?.rows_affected();
-            out.decisions += n;
-            out.duplicates += chunk.len() as u64 - n;
-        }
-        if !rows.gaps.is_empty() {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO gaps (source, seq, idx, node, from_ms, to_ms, lost, reason, \
-                 stored_at_ms) ",
-            );
-            qb.push_values(&rows.gaps, |mut b, g| {
-                b.push_bind(rows.source.as_str())
-                    .push_bind(rows.seq)
-                    .push_bind(g.idx)
-                    .push_bind(g.node.as_str())
-                    .push_bind(g.from_ms)
-                    .push_bind(g.to_ms)
-                    .push_bind(g.lost)
-                    .push_bind(g.reason.as_str())
-                    .push_bind(stored_at_ms);
-            });
-            qb.push(" ON CONFLICT (source, seq, idx) DO NOTHING");
-            let n = qb.build().execute(&mut *tx).await?.rows_affected();
-            out.gaps += n;
-            out.duplicates += rows.gaps.len() as u64 - n;
+        let mut outcomes = Vec::with_capacity(all.len());
+        for rows in &all {
+            outcomes.push(insert_rows(&mut tx, rows, stored_at_ms).await?);
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(outcomes)
     }
 
     async fn decisions(&self, filter: &DecisionFilter) -> Result<Vec<StoredDecision>, AuditError> {
@@ -281,4 +233,69 @@ impl AuditStore for SqliteStore {
         self.pool.close().await;
         self.writer.close().await;
     }
+}
+
+/// One batch's rows, inside the caller's transaction.
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    rows: &BatchRows,
+    stored_at_ms: i64,
+) -> Result<WriteOutcome, AuditError> {
+    let mut out = WriteOutcome::default();
+    for chunk in rows.decisions.chunks(ROWS_PER_INSERT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(DECISION_COLUMNS);
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(rows.source.as_str())
+                .push_bind(rows.seq)
+                .push_bind(r.idx)
+                .push_bind(r.first_seen_ms)
+                .push_bind(r.last_seen_ms)
+                .push_bind(r.count)
+                .push_bind(r.node.as_str())
+                .push_bind(r.direction)
+                .push_bind(r.verdict)
+                .push_bind(r.protocol.as_str())
+                .push_bind(r.src_ip.as_str())
+                .push_bind(r.src_port)
+                .push_bind(r.dst_ip.as_str())
+                .push_bind(r.dst_port)
+                .push_bind(r.src_namespace.as_deref())
+                .push_bind(r.src_pod.as_deref())
+                .push_bind(r.dst_namespace.as_deref())
+                .push_bind(r.dst_pod.as_deref())
+                .push_bind(r.rule_id.as_str())
+                .push_bind(r.tier.as_str())
+                .push_bind(r.policy.as_deref())
+                .push_bind(r.rule_index)
+                .push_bind(r.rule_name.as_deref())
+                .push_bind(r.isolated_by.as_str())
+                .push_bind(stored_at_ms);
+        });
+        qb.push(" ON CONFLICT (source, seq, idx) DO NOTHING");
+        let n = qb.build().execute(&mut **tx).await?.rows_affected();
+        out.decisions += n;
+        out.duplicates += chunk.len() as u64 - n;
+    }
+    if !rows.gaps.is_empty() {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO gaps (source, seq, idx, node, from_ms, to_ms, lost, reason, \
+                 stored_at_ms) ",
+        );
+        qb.push_values(&rows.gaps, |mut b, g| {
+            b.push_bind(rows.source.as_str())
+                .push_bind(rows.seq)
+                .push_bind(g.idx)
+                .push_bind(g.node.as_str())
+                .push_bind(g.from_ms)
+                .push_bind(g.to_ms)
+                .push_bind(g.lost)
+                .push_bind(g.reason.as_str())
+                .push_bind(stored_at_ms);
+        });
+        qb.push(" ON CONFLICT (source, seq, idx) DO NOTHING");
+        let n = qb.build().execute(&mut **tx).await?.rows_affected();
+        out.gaps += n;
+        out.duplicates += rows.gaps.len() as u64 - n;
+    }
+    Ok(out)
 }

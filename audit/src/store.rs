@@ -25,12 +25,27 @@ pub enum Backend {
 pub trait AuditStore: Send + Sync {
     fn backend(&self) -> Backend;
 
-    /// Stores a batch in one transaction; entries already stored are skipped.
+    /// Stores batches in one transaction (group commit: under sustained load the ingest
+    /// writes every batch waiting in its queue at once, which dirties each index page once
+    /// for all of them); entries already stored are skipped. One outcome per batch. Any
+    /// invalid batch fails the whole call, and nothing is stored.
+    async fn write_batches(
+        &self,
+        batches: &[DecisionBatch],
+        stored_at_ms: i64,
+    ) -> Result<Vec<WriteOutcome>, AuditError>;
+
+    /// Stores one batch in one transaction; entries already stored are skipped.
     async fn write_batch(
         &self,
         batch: &DecisionBatch,
         stored_at_ms: i64,
-    ) -> Result<WriteOutcome, AuditError>;
+    ) -> Result<WriteOutcome, AuditError> {
+        let outcomes = self
+            .write_batches(std::slice::from_ref(batch), stored_at_ms)
+            .await?;
+        Ok(outcomes.into_iter().next().unwrap_or_default())
+    }
 
     /// Decisions matching `filter` (newest first, or oldest first after an id).
     async fn decisions(&self, filter: &DecisionFilter) -> Result<Vec<StoredDecision>, AuditError>;

@@ -16,6 +16,7 @@ const HOUR: i64 = 3_600_000;
 /// Every behaviour of the store, on one backend.
 async fn exercise(store: &dyn AuditStore) {
     idempotent(store).await;
+    grouped(store).await;
     filters(store).await;
     hostile_values_find_nothing(store).await;
     views(store).await;
@@ -393,6 +394,61 @@ async fn invalid_batches(store: &dyn AuditStore) {
         .await
         .expect("query");
     assert!(rows.is_empty());
+}
+
+/// Several batches in one transaction: one outcome each, duplicates skipped per batch; a
+/// group with one invalid batch stores nothing at all.
+async fn grouped(store: &dyn AuditStore) {
+    let now = now_ms();
+    let d = |pod: &str| {
+        mk_decision(
+            ep("grp", pod),
+            ep("grp", "web"),
+            Verdict::Allow,
+            AuditDirection::Ingress,
+            now,
+        )
+    };
+    let first = mk_batch("grp/1", 1, vec![d("a"), d("b")]);
+    store.write_batch(&first, now).await.expect("first alone");
+    let second = mk_batch("grp/1", 2, vec![d("c")]);
+    let other = mk_batch("grp/2", 1, vec![d("d"), d("e"), d("f")]);
+    let outcomes = store
+        .write_batches(&[first.clone(), second.clone(), other.clone()], now)
+        .await
+        .expect("group");
+    let counts: Vec<(u64, u64)> = outcomes
+        .iter()
+        .map(|o| (o.decisions, o.duplicates))
+        .collect();
+    assert_eq!(counts, [(0, 2), (1, 0), (3, 0)]);
+    let mut bad = d("g");
+    bad.tier = "bad\0".into();
+    let err = store
+        .write_batches(
+            &[
+                mk_batch("grp/3", 1, vec![d("h")]),
+                mk_batch("grp/3", 2, vec![bad]),
+            ],
+            now,
+        )
+        .await
+        .expect_err("one invalid batch fails the group");
+    assert!(!err.is_transient(), "{err}");
+    let rows = store
+        .decisions(&DecisionFilter {
+            namespace: Some("grp".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    let mut pods: Vec<String> = rows.iter().filter_map(|r| r.src_pod.clone()).collect();
+    pods.sort();
+    assert_eq!(
+        pods,
+        ["a", "b", "c", "d", "e", "f"],
+        "nothing of the failed group"
+    );
 }
 
 /// By age, then by size, in chunks of the given size.

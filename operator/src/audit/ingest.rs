@@ -28,6 +28,9 @@ use crate::hub::Hub;
 /// Batches the queue holds before streams are asked to back off.
 pub const QUEUE: usize = 1024;
 
+/// Decisions written in one transaction at most: the queue is drained up to this.
+const GROUP_DECISIONS: usize = 20_000;
+
 /// Retry delays after a failed write or connection: doubling from `first` up to `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -129,8 +132,16 @@ impl IngestTask {
                     None => break,
                 },
             };
-            self.metrics.pending.dec();
-            self.handle(store.as_ref(), job).await;
+            // Group commit: every batch already waiting goes into the same transaction.
+            let mut group = vec![job];
+            let mut decisions = group[0].batch.decisions.len();
+            while decisions < GROUP_DECISIONS {
+                let Ok(next) = jobs.try_recv() else { break };
+                decisions += next.batch.decisions.len();
+                group.push(next);
+            }
+            self.metrics.pending.dec_by(group.len() as i64);
+            self.handle_group(store.as_ref(), group).await;
         }
         store.close().await;
     }
@@ -161,6 +172,61 @@ impl IngestTask {
             }
             if !self.pause(&mut delay).await {
                 return None;
+            }
+        }
+    }
+
+    /// Writes batches in one transaction, retrying transient failures; answers each stream
+    /// once committed. When one batch cannot be stored at all, each is written alone, so
+    /// only that one becomes a gap.
+    async fn handle_group(&self, store: &dyn AuditStore, group: Vec<Job>) {
+        if group.len() == 1 {
+            for job in group {
+                self.handle(store, job).await;
+            }
+            return;
+        }
+        let ips = self.pod_ips.snapshot();
+        let (mut batches, dones): (Vec<DecisionBatch>, Vec<oneshot::Sender<u64>>) =
+            group.into_iter().map(|j| (j.batch, j.done)).unzip();
+        for batch in &mut batches {
+            attribute(batch, &ips);
+        }
+        let mut delay = self.backoff.first;
+        loop {
+            if !self.hub.is_leader() {
+                tracing::debug!(
+                    batches = batches.len(),
+                    "not leading: batches left to the leader"
+                );
+                return;
+            }
+            match store.write_batches(&batches, now_ms()).await {
+                Ok(outcomes) => {
+                    for ((batch, done), out) in batches.iter().zip(dones).zip(outcomes) {
+                        self.metrics.stored.inc_by(out.decisions);
+                        self.metrics.gaps.inc_by(out.gaps);
+                        self.metrics.duplicates.inc_by(out.duplicates);
+                        tracing::debug!(source = %batch.source, seq = batch.seq, stored = out.decisions,
+                            duplicates = out.duplicates, "decision batch stored");
+                        let _ = done.send(batch.seq);
+                    }
+                    return;
+                }
+                Err(e) if e.is_transient() => {
+                    self.metrics.write_failures.inc();
+                    tracing::warn!(batches = batches.len(), error = %e,
+                        retry_ms = delay.as_millis() as u64, "audit log: write failed; retrying");
+                    if !self.pause(&mut delay).await {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    for (batch, done) in batches.into_iter().zip(dones) {
+                        self.handle(store, Job { batch, done }).await;
+                    }
+                    return;
+                }
             }
         }
     }

@@ -331,25 +331,43 @@ async fn ingest_waits_for_the_lead_and_records_rejected_batches_as_gaps() {
     .spawn();
     let mut bad = decision(("dev", "curl"), ("prod", "web"), Verdict::Deny);
     bad.rule_name = Some("nul\0".into());
-    let mut done = ingest
-        .submit(DecisionBatch {
-            source: "n1/x".into(),
-            seq: 9,
-            decisions: vec![bad],
-            gaps: vec![],
-        })
-        .expect("queued");
+    let good = decision(("dev", "curl"), ("prod", "web"), Verdict::Allow);
+    // Three batches queued while not leading are written as one group; the invalid one in
+    // the middle sends the group back to one transaction per batch.
+    let mut answers = Vec::new();
+    for (seq, d) in [(8, good.clone()), (9, bad), (10, good)] {
+        answers.push(
+            ingest
+                .submit(DecisionBatch {
+                    source: "n1/x".into(),
+                    seq,
+                    decisions: vec![d],
+                    gaps: vec![],
+                })
+                .expect("queued"),
+        );
+    }
     // Not leading: nothing opened, nothing answered.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(store.borrow().is_none());
-    assert!(done.try_recv().is_err());
+    assert!(answers.iter_mut().all(|a| a.try_recv().is_err()));
     hub.set_leader(true);
-    let seq = tokio::time::timeout(Duration::from_secs(10), done)
-        .await
-        .expect("answered in time")
-        .expect("answered");
-    assert_eq!(seq, 9);
+    let mut seqs = Vec::new();
+    for answer in answers {
+        seqs.push(
+            tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .expect("answered in time")
+                .expect("answered"),
+        );
+    }
+    assert_eq!(seqs, [8, 9, 10]);
     assert_eq!(metrics.rejected.get(), 1);
+    assert_eq!(
+        metrics.stored.get(),
+        2,
+        "the valid batches of the group stored"
+    );
     let db = store.borrow().clone().expect("open");
     let gaps = db.gaps(0, 10).await.expect("gaps");
     assert_eq!(gaps.len(), 1);
