@@ -100,6 +100,30 @@ impl PgServer {
         )
     }
 
+    /// Serves TLS with this certificate chain and key (PEM files, copied into the data
+    /// folder for the server's user, mode 0600), restarting the server.
+    pub fn enable_tls(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = PathBuf::from(self.data());
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).map_err(|e| format!("copying {}: {e}", from.display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod {}: {e}", to.display()))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", to.display()))?;
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)
+            .map_err(|e| format!("reading {}: {e}", conf.display()))?;
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).map_err(|e| format!("writing {}: {e}", conf.display()))?;
+        self.stop()?;
+        self.start()
+    }
+
     /// Stops the server at once (`-m immediate`: connections are cut, as in a crash).
     pub fn stop(&self) -> Result<(), String> {
         self.run(
