@@ -7,13 +7,16 @@ use palisade_audit::pg_harness::PgServer;
 use palisade_audit::{now_ms, postgres, sqlite, AuditStore, DecisionFilter};
 use sqlx::migrate::Migrator;
 
-/// Only the first migration of `full`: the schema as version 1 shipped it.
-fn version_1(full: &Migrator) -> Migrator {
+/// The first `n` migrations of `full`: the schema as version `n` shipped it.
+fn version(full: &Migrator, n: usize) -> Migrator {
     Migrator {
-        migrations: Cow::Owned(full.migrations[..1].to_vec()),
+        migrations: Cow::Owned(full.migrations[..n].to_vec()),
         ..Migrator::DEFAULT
     }
 }
+
+/// The versions an existing database may be at (every earlier one).
+const EARLIER: [usize; 2] = [1, 2];
 
 const V1_ROW: &str = "INSERT INTO decisions (source, seq, idx, first_seen_ms, last_seen_ms, \
     count, node, direction, verdict, protocol, src_ip, src_port, dst_ip, dst_port, \
@@ -22,13 +25,19 @@ const V1_ROW: &str = "INSERT INTO decisions (source, seq, idx, first_seen_ms, la
     'deny', 'tcp', '10.0.0.1', 1234, '10.0.0.2', 80, 'a', 'p', 'b', 'q', 'P1R0I', \
     'networkpolicy', NULL, NULL, NULL, '[\"NetworkPolicy b/deny\"]', {T})";
 
-const INDEXES: [&str; 6] = [
+const INDEXES: [&str; 5] = [
     "decisions_last_seen",
+    "decisions_dst_ns",
+    "decisions_src_ns",
+    "decisions_verdict",
+    "decisions_policy",
+];
+
+/// Indexes of version 2 that version 3 replaced.
+const DROPPED: [&str; 3] = [
     "decisions_dst_pod",
     "decisions_src_pod",
     "decisions_dst_verdict",
-    "decisions_verdict",
-    "decisions_policy",
 ];
 
 /// What the latest schema must have, and the v1 row read through it.
@@ -38,11 +47,17 @@ async fn check_latest(
     applied: Vec<i64>,
     rows: usize,
 ) {
-    assert_eq!(applied, vec![1, 2]);
+    assert_eq!(applied, vec![1, 2, 3]);
     for name in INDEXES {
         assert!(
             indexes.iter().any(|i| i == name),
             "index {name} missing: {indexes:?}"
+        );
+    }
+    for name in DROPPED {
+        assert!(
+            !indexes.iter().any(|i| i == name),
+            "index {name} left: {indexes:?}"
         );
     }
     let found = store
@@ -93,7 +108,7 @@ async fn pg_state(store: &postgres::PgStore) -> (Vec<String>, Vec<i64>) {
 }
 
 #[tokio::test]
-async fn sqlite_from_empty_and_from_version_1() {
+async fn sqlite_from_empty_and_from_every_earlier_version() {
     let dir = tempfile::tempdir().expect("tempdir");
     let empty = format!("sqlite://{}/empty.db", dir.path().display());
     let store = sqlite::SqliteStore::open(&empty).await.expect("open empty");
@@ -104,31 +119,34 @@ async fn sqlite_from_empty_and_from_version_1() {
     let store = sqlite::SqliteStore::open(&empty).await.expect("reopen");
     store.close().await;
 
-    let old = format!("sqlite://{}/v1.db", dir.path().display());
-    let v1 = sqlite::SqliteStore::open_unmigrated(&old)
-        .await
-        .expect("open v1");
-    version_1(&sqlite::MIGRATOR)
-        .run(v1.pool())
-        .await
-        .expect("v1 schema");
-    sqlx::query(&V1_ROW.replace("{T}", &now_ms().to_string()))
-        .execute(v1.pool())
-        .await
-        .expect("v1 row");
-    v1.close().await;
-    let store = sqlite::SqliteStore::open(&old).await.expect("upgrade");
-    let (idx, applied) = sqlite_state(&store).await;
-    check_latest(&store, idx, applied, 1).await;
+    for n in EARLIER {
+        let old = format!("sqlite://{}/v{n}.db", dir.path().display());
+        let before = sqlite::SqliteStore::open_unmigrated(&old)
+            .await
+            .expect("open old");
+        version(&sqlite::MIGRATOR, n)
+            .run(before.pool())
+            .await
+            .expect("old schema");
+        sqlx::query(&V1_ROW.replace("{T}", &now_ms().to_string()))
+            .execute(before.pool())
+            .await
+            .expect("old row");
+        before.close().await;
+        let store = sqlite::SqliteStore::open(&old).await.expect("upgrade");
+        let (idx, applied) = sqlite_state(&store).await;
+        check_latest(&store, idx, applied, 1).await;
+        store.close().await;
+    }
 }
 
 #[tokio::test]
-async fn postgres_from_empty_and_from_version_1() {
+async fn postgres_from_empty_and_from_every_earlier_version() {
     let pg = PgServer::start_new().expect("postgres starts");
     let admin = postgres::PgStore::open_unmigrated(&pg.url())
         .await
         .expect("connect");
-    for db in ["empty", "v1"] {
+    for db in ["empty", "v1", "v2"] {
         sqlx::query(&format!("CREATE DATABASE {db}"))
             .execute(admin.pool())
             .await
@@ -141,23 +159,27 @@ async fn postgres_from_empty_and_from_version_1() {
     check_latest(&store, idx, applied, 0).await;
     store.close().await;
 
-    let v1 = postgres::PgStore::open_unmigrated(&pg.url_for("v1"))
-        .await
-        .expect("open v1");
-    version_1(&postgres::MIGRATOR)
-        .run(v1.pool())
-        .await
-        .expect("v1 schema");
-    sqlx::query(&V1_ROW.replace("{T}", &now_ms().to_string()))
-        .execute(v1.pool())
-        .await
-        .expect("v1 row");
-    v1.close().await;
-    let store = postgres::PgStore::open(&pg.url_for("v1"))
-        .await
-        .expect("upgrade");
-    let (idx, applied) = pg_state(&store).await;
-    check_latest(&store, idx, applied, 1).await;
+    for n in EARLIER {
+        let db = format!("v{n}");
+        let before = postgres::PgStore::open_unmigrated(&pg.url_for(&db))
+            .await
+            .expect("open old");
+        version(&postgres::MIGRATOR, n)
+            .run(before.pool())
+            .await
+            .expect("old schema");
+        sqlx::query(&V1_ROW.replace("{T}", &now_ms().to_string()))
+            .execute(before.pool())
+            .await
+            .expect("old row");
+        before.close().await;
+        let store = postgres::PgStore::open(&pg.url_for(&db))
+            .await
+            .expect("upgrade");
+        let (idx, applied) = pg_state(&store).await;
+        check_latest(&store, idx, applied, 1).await;
+        store.close().await;
+    }
 }
 
 /// Readers (the CLI) never create or migrate: a missing file and an old schema are errors.
@@ -174,7 +196,7 @@ async fn readers_open_only_a_migrated_database() {
     let v1 = sqlite::SqliteStore::open_unmigrated(&old)
         .await
         .expect("open v1");
-    version_1(&sqlite::MIGRATOR)
+    version(&sqlite::MIGRATOR, 1)
         .run(v1.pool())
         .await
         .expect("v1 schema");
@@ -183,7 +205,7 @@ async fn readers_open_only_a_migrated_database() {
         .await
         .err()
         .expect("old schema refused");
-    assert!(err.to_string().contains("schema version 1, not 2"), "{err}");
+    assert!(err.to_string().contains("schema version 1, not 3"), "{err}");
     sqlite::SqliteStore::open(&old)
         .await
         .expect("migrate")
