@@ -9,39 +9,18 @@
 //! sqlite3 module reads the database as any SQL client would); skipped with a message
 //! otherwise.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::runner::{load, Loaded, Options, ScenarioLab};
+use common::scenario;
+use e2e::runner::{Options, ScenarioLab};
 use serde_json::Value;
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_e2e"))
-}
-
-fn scenario(name: &str) -> Loaded {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
-        .join(name);
-    load(&path).expect("walkthrough scenario loads")
-}
-
 fn options() -> Option<Options> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the lab needs root");
-        return None;
-    }
-    let mut opts = Options::new(exe());
-    let Ok(enforcer) = e2e::enforcer::find_binary(None, &exe()) else {
-        eprintln!("skipped: palisade-enforcer is not built (cargo build --workspace --bins)");
-        return None;
-    };
-    let Ok(operator) = e2e::operator::find_binary(None, &exe()) else {
-        eprintln!("skipped: palisade-operator is not built (cargo build --workspace --bins)");
-        return None;
-    };
+    let opts = common::operator_options()?;
     if !Command::new("python3")
         .args(["-c", "import sqlite3"])
         .status()
@@ -50,9 +29,6 @@ fn options() -> Option<Options> {
         eprintln!("skipped: python3 with sqlite3 is needed to read the audit database");
         return None;
     }
-    opts.enforcer = Some(enforcer);
-    opts.operator = Some(operator);
-    opts.timing.timeout = Duration::from_millis(300);
     Some(opts)
 }
 

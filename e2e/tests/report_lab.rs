@@ -7,47 +7,18 @@
 //! as the `deniedLastHour` count from the audit log. Needs root and the three binaries (built by
 //! `cargo build --workspace --bins`); skipped with a message otherwise.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::scenario;
 use e2e::operator::{Agent, AgentSpec};
 use e2e::probe::{Outcome, Target, Timing};
-use e2e::runner::{load, Loaded, Options, ScenarioLab};
+use e2e::runner::ScenarioLab;
 use e2e::sock::Proto;
 use serde_json::Value;
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_e2e"))
-}
-
-fn scenario(name: &str) -> Loaded {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
-        .join(name);
-    load(&path).expect("walkthrough scenario loads")
-}
-
-fn options() -> Option<Options> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the lab needs root");
-        return None;
-    }
-    let mut opts = Options::new(exe());
-    let Ok(enforcer) = e2e::enforcer::find_binary(None, &exe()) else {
-        eprintln!("skipped: palisade-enforcer is not built (cargo build --workspace --bins)");
-        return None;
-    };
-    let Ok(operator) = e2e::operator::find_binary(None, &exe()) else {
-        eprintln!("skipped: palisade-operator is not built (cargo build --workspace --bins)");
-        return None;
-    };
-    opts.enforcer = Some(enforcer);
-    opts.operator = Some(operator);
-    opts.timing.timeout = Duration::from_millis(300);
-    Some(opts)
-}
 
 /// Finds a program on the PATH.
 fn which(program: &str) -> Option<PathBuf> {
@@ -104,7 +75,9 @@ const ALLOW: &str = "NetworkPolicy/allow-testcurl-for-testweb";
 
 #[test]
 fn a_failing_enforcer_turns_the_policy_result_to_fail_and_back_to_pass() {
-    let Some(opts) = options() else { return };
+    let Some(opts) = common::operator_options() else {
+        return;
+    };
     let step2 = scenario(STEP2);
     let step3 = scenario(STEP3);
     let mut lab = ScenarioLab::build(&step2.scenario, &opts).expect("lab builds");

@@ -3,50 +3,18 @@
 //! separate processes, real packets. Needs root and the three binaries (built by
 //! `cargo build --workspace --bins`); skipped with a message otherwise.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::scenario;
 use e2e::operator::{Agent, AgentSpec};
 use e2e::probe::{Outcome, Target, Timing};
-use e2e::runner::{load, Loaded, Options, ScenarioLab};
+use e2e::runner::{Loaded, Options, ScenarioLab};
 use e2e::sock::Proto;
 use serde_json::Value;
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_e2e"))
-}
-
-fn scenario(name: &str) -> Loaded {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
-        .join(name);
-    load(&path).expect("walkthrough scenario loads")
-}
-
-/// Options for operator mode, or None (with the reason printed) when this
-/// machine cannot run it.
-fn options() -> Option<Options> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the lab needs root");
-        return None;
-    }
-    let mut opts = Options::new(exe());
-    let Ok(enforcer) = e2e::enforcer::find_binary(None, &exe()) else {
-        eprintln!("skipped: palisade-enforcer is not built (cargo build --workspace --bins)");
-        return None;
-    };
-    let Ok(operator) = e2e::operator::find_binary(None, &exe()) else {
-        eprintln!("skipped: palisade-operator is not built (cargo build --workspace --bins)");
-        return None;
-    };
-    opts.enforcer = Some(enforcer);
-    opts.operator = Some(operator);
-    opts.timing.timeout = Duration::from_millis(300);
-    Some(opts)
-}
 
 const STEP1: &str = "walkthrough-1-no-policy.yaml";
 const STEP2: &str = "walkthrough-2-deny-all-for-testweb.yaml";
@@ -74,7 +42,9 @@ fn endpoint(step: &Loaded, name: &str) -> usize {
 
 #[test]
 fn a_policy_edited_while_probing_changes_real_verdicts() {
-    let Some(opts) = options() else { return };
+    let Some(opts) = common::operator_options() else {
+        return;
+    };
     let step1 = scenario(STEP1);
     let step2 = scenario(STEP2);
     let step3 = scenario(STEP3);
@@ -181,7 +151,9 @@ fn a_policy_edited_while_probing_changes_real_verdicts() {
 
 #[test]
 fn enforcers_keep_enforcing_while_the_operator_is_down_and_resume() {
-    let Some(opts) = options() else { return };
+    let Some(opts) = common::operator_options() else {
+        return;
+    };
     let step2 = scenario(STEP2);
     let step3 = scenario(STEP3);
     let mut lab = ScenarioLab::build(&step2.scenario, &opts).expect("lab builds");
@@ -248,7 +220,9 @@ fn enforcers_keep_enforcing_while_the_operator_is_down_and_resume() {
 
 #[test]
 fn an_enforcer_claiming_another_node_is_refused() {
-    let Some(opts) = options() else { return };
+    let Some(opts) = common::operator_options() else {
+        return;
+    };
     let step2 = scenario(STEP2);
     let mut lab = ScenarioLab::build(&step2.scenario, &opts).expect("lab builds");
     lab.start(&step2, &opts).expect("operator and agents start");
