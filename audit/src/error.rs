@@ -26,6 +26,9 @@ pub enum AuditError {
     /// A query filter out of range.
     #[error("audit query: {0}")]
     Filter(String),
+    /// A setting this backend cannot honour.
+    #[error("audit database: {0}")]
+    Unsupported(String),
     /// A stored row that does not decode (written by something else).
     #[error("audit database row {id}: {reason}")]
     Row { id: i64, reason: String },

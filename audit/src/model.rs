@@ -134,6 +134,9 @@ pub struct Retention {
     pub max_age_ms: Option<i64>,
     /// At most this many decision rows are kept (oldest deleted first).
     pub max_rows: Option<u64>,
+    /// The tables and their indexes are kept under this many bytes (oldest decisions
+    /// deleted first; see [`crate::prune`]).
+    pub max_bytes: Option<u64>,
     /// Rows deleted per statement, so writers are never blocked for long.
     pub chunk: u32,
 }
@@ -143,6 +146,7 @@ impl Default for Retention {
         Retention {
             max_age_ms: Some(7 * 24 * 3_600_000),
             max_rows: Some(10_000_000),
+            max_bytes: None,
             chunk: 5_000,
         }
     }

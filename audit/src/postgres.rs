@@ -261,6 +261,10 @@ impl AuditStore for PgStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn used_bytes(&self) -> Result<Option<u64>, AuditError> {
+        Ok(None)
+    }
+
     async fn delete_oldest_decisions(&self, n: u32) -> Result<u64, AuditError> {
         Ok(sqlx::query(
             "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions \

@@ -218,6 +218,16 @@ impl AuditStore for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn used_bytes(&self) -> Result<Option<u64>, AuditError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (p.page_count - f.freelist_count) * s.page_size \
+             FROM pragma_page_count() AS p, pragma_freelist_count() AS f, pragma_page_size() AS s",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Some(u64::try_from(n).unwrap_or(0)))
+    }
+
     async fn delete_oldest_decisions(&self, n: u32) -> Result<u64, AuditError> {
         Ok(sqlx::query(
             "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions \

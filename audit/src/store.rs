@@ -75,6 +75,12 @@ pub trait AuditStore: Send + Sync {
     /// How many decision rows are stored.
     async fn count_decisions(&self) -> Result<u64, AuditError>;
 
+    /// Bytes the database takes for retention by size: SQLite, the pages in use (free pages
+    /// left out, they are reused before the file grows). `None` on PostgreSQL: a deleted
+    /// row's space is reused but never leaves the relation's size, so no cheap measure
+    /// goes down as rows are deleted (size it with `max_rows` there).
+    async fn used_bytes(&self) -> Result<Option<u64>, AuditError>;
+
     /// Deletes the `n` (at most) decisions last seen longest ago.
     async fn delete_oldest_decisions(&self, n: u32) -> Result<u64, AuditError>;
 
@@ -200,7 +206,15 @@ pub async fn prune(
             tokio::time::sleep(pause).await;
         }
     }
-    if let Some(max) = retention.max_rows {
+    let rows_for_bytes = match retention.max_bytes {
+        Some(max) => rows_within(store, max).await?,
+        None => None,
+    };
+    let max_rows = match (retention.max_rows, rows_for_bytes) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(max) = max_rows {
         let mut excess = store.count_decisions().await?.saturating_sub(max);
         while excess > 0 {
             let n = store
@@ -216,6 +230,29 @@ pub async fn prune(
         }
     }
     Ok(pruned)
+}
+
+/// How many decision rows fit in `max_bytes`, from the bytes a row takes on average now
+/// (pages in use over rows); `None` when the store is within it already. Converted once per
+/// pass: a pass deletes the excess it measured. Deleting the oldest rows frees whole pages
+/// of the table and of the time index, but leaves the namespace indexes' pages partly
+/// filled, so the next pass may find the file still over and delete some more: the limit is
+/// kept from above, never exceeded for long.
+async fn rows_within(store: &dyn AuditStore, max_bytes: u64) -> Result<Option<u64>, AuditError> {
+    let Some(used) = store.used_bytes().await? else {
+        return Err(AuditError::Unsupported(
+            "retention by bytes needs SQLite (on PostgreSQL, limit the rows)".to_string(),
+        ));
+    };
+    if used <= max_bytes {
+        return Ok(None);
+    }
+    let rows = store.count_decisions().await?;
+    if rows == 0 {
+        return Ok(None);
+    }
+    let fit = u128::from(rows) * u128::from(max_bytes) / u128::from(used);
+    Ok(Some(u64::try_from(fit).unwrap_or(u64::MAX)))
 }
 
 /// A row of the denied-counts query: direction, source and destination namespaces,

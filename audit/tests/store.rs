@@ -461,6 +461,7 @@ async fn retention(store: &dyn AuditStore) {
         &Retention {
             max_age_ms: Some(0),
             max_rows: None,
+            max_bytes: None,
             chunk: 1000,
         },
     )
@@ -498,6 +499,7 @@ async fn retention(store: &dyn AuditStore) {
         &Retention {
             max_age_ms: Some(HOUR),
             max_rows: Some(20),
+            max_bytes: None,
             chunk: 10,
         },
     )
@@ -520,6 +522,81 @@ async fn retention(store: &dyn AuditStore) {
     assert!(left.iter().all(|d| d.last_seen_ms > now - 20));
 }
 
+/// By bytes (SQLite): the oldest rows go until what the database uses fits; PostgreSQL
+/// refuses the setting rather than ignoring it.
+async fn bytes_retention(store: &dyn AuditStore) {
+    let now = now_ms();
+    let bytes = |max| Retention {
+        max_age_ms: None,
+        max_rows: None,
+        max_bytes: Some(max),
+        chunk: 500,
+    };
+    if store.backend() == palisade_audit::Backend::Postgres {
+        let err = prune(store, now, &bytes(1)).await.expect_err("refused");
+        assert!(matches!(err, AuditError::Unsupported(_)), "{err}");
+        return;
+    }
+    prune(
+        store,
+        now + 100 * HOUR,
+        &Retention {
+            max_age_ms: Some(0),
+            ..bytes(u64::MAX)
+        },
+    )
+    .await
+    .expect("empty");
+    for seq in 0..20 {
+        let decisions = (0..100)
+            .map(|i| {
+                mk_decision(
+                    ep("bytes", &format!("p{i}")),
+                    ep("bytes", "web"),
+                    Verdict::Allow,
+                    AuditDirection::Ingress,
+                    now - 3_000 + seq * 100 + i,
+                )
+            })
+            .collect();
+        store
+            .write_batch(&mk_batch("bytes/1", seq as u64, decisions), now)
+            .await
+            .expect("write");
+    }
+    let before = store
+        .used_bytes()
+        .await
+        .expect("size")
+        .expect("sqlite measures");
+    let same = prune(store, now, &bytes(before)).await.expect("within");
+    assert_eq!(same.by_size, 0, "within the limit: nothing deleted");
+    let pruned = prune(store, now, &bytes(before / 2)).await.expect("prune");
+    assert_eq!(
+        pruned.by_size, 1_000,
+        "2,000 rows over twice the limit: half go"
+    );
+    let after = store
+        .used_bytes()
+        .await
+        .expect("size")
+        .expect("sqlite measures");
+    assert!(after < before, "pages freed: {after} < {before}");
+    let left = store
+        .decisions(&DecisionFilter {
+            namespace: Some("bytes".into()),
+            limit: Some(5_000),
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(left.len(), 1_000);
+    assert!(
+        left.iter().all(|d| d.last_seen_ms >= now - 3_000 + 1_000),
+        "the oldest went first"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_file() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -531,6 +608,7 @@ async fn sqlite_file() {
         .expect("pragma");
     assert_eq!(mode, "wal");
     exercise(&store).await;
+    bytes_retention(&store).await;
     store.close().await;
 }
 
@@ -539,6 +617,7 @@ async fn postgres_server() {
     let pg = PgServer::start_new().expect("postgres starts");
     let store = PgStore::open(&pg.url()).await.expect("open");
     exercise(&store).await;
+    bytes_retention(&store).await;
     store.close().await;
 }
 

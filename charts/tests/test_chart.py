@@ -266,6 +266,7 @@ def test_operator_deployment(chart):
     mount = next(m for m in c["volumeMounts"] if m["name"] == "audit")
     assert a["--audit-database"][0].removeprefix("sqlite://").startswith(mount["mountPath"] + "/")
     assert a["--audit-retention-age"] == ["7d"] and a["--audit-retention-rows"] == ["10000000"]
+    assert "--audit-retention-bytes" not in a, "no size limit unless asked"
     assert a["--audit-default"] == ["all"]
     assert a["--audit-api-listen"] == ["0.0.0.0:9444"]
     assert a["--report-api"] == ["wgpolicyk8s"] and "--no-report-crds" in a
@@ -279,6 +280,12 @@ def test_operator_deployment(chart):
     pvc = one(objects, "PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == f"{RELEASE}-operator-audit"
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_retention_by_bytes_on_sqlite(chart):
+    objects = render(chart, {"audit": {"retention": {"bytes": "900Mi"}}})
+    a = args(one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    assert a["--audit-retention-bytes"] == ["900Mi"]
 
 
 def test_ha_with_postgres(chart):
@@ -444,6 +451,8 @@ BAD_VALUES = {
     "zero replicas": {"operator": {"replicas": 0}},
     "unknown audit storage": {"audit": {"storage": "mysql"}},
     "negative retention rows": {"audit": {"retention": {"rows": -1}}},
+    "retention bytes with postgres": {**POSTGRES, "audit": {**POSTGRES["audit"], "retention": {"bytes": "1Gi"}}},
+    "retention bytes without a size": {"audit": {"retention": {"bytes": "lots"}}},
     "negative retention age": {"audit": {"retention": {"age": "-7d"}}},
     "retention age without unit": {"audit": {"retention": {"age": "7"}}},
     "unknown audit default": {"audit": {"default": "denied"}},

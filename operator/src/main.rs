@@ -185,6 +185,7 @@ impl Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    cli.audit.check().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(cli.log_format).context("cannot set up logging")?;
     if let SourceConfig::Directory(path) = &cli.source {
         let path: &PathBuf = path;

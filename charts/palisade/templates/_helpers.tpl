@@ -108,6 +108,9 @@ accept fails the test, not a cluster.
 {{- if $a.enabled }}
 - --audit-retention-age={{ $a.retention.age }}
 - --audit-retention-rows={{ int64 $a.retention.rows }}
+{{- if and $a.retention.bytes (eq $a.storage "sqlite") }}
+- --audit-retention-bytes={{ $a.retention.bytes }}
+{{- end }}
 - --audit-default={{ $a.default }}
 {{- if $a.api.enabled }}
 - --audit-api-listen=0.0.0.0:{{ $a.api.port }}

@@ -23,6 +23,11 @@ pub struct AuditArgs {
     #[arg(long, default_value_t = 10_000_000, value_name = "ROWS")]
     pub audit_retention_rows: u64,
 
+    /// Keep the SQLite database under this size, deleting the oldest decisions (`10Gi`,
+    /// `500Mi`, `2G` or bytes; `0`: no limit). SQLite only: size PostgreSQL with the rows.
+    #[arg(long, default_value = "0", value_parser = parse_bytes, value_name = "SIZE")]
+    pub audit_retention_bytes: u64,
+
     /// Rows deleted per statement by retention (small, so writes are never held up).
     #[arg(long, default_value_t = 5_000, value_name = "ROWS")]
     pub audit_retention_chunk: u32,
@@ -43,6 +48,20 @@ pub struct AuditArgs {
 }
 
 impl AuditArgs {
+    /// Settings that contradict each other, refused at start rather than ignored.
+    pub fn check(&self) -> Result<(), String> {
+        let postgres = self.audit_database.starts_with("postgres://")
+            || self.audit_database.starts_with("postgresql://");
+        if postgres && self.audit_retention_bytes > 0 {
+            return Err(
+                "--audit-retention-bytes needs SQLite: a PostgreSQL table does not \
+                        shrink as rows are deleted; limit it with --audit-retention-rows"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn settings(&self) -> AuditSettings {
         AuditSettings {
             database: (self.audit_database != "none").then(|| self.audit_database.clone()),
@@ -51,6 +70,7 @@ impl AuditArgs {
                     .audit_retention_age
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
                 max_rows: (self.audit_retention_rows > 0).then_some(self.audit_retention_rows),
+                max_bytes: (self.audit_retention_bytes > 0).then_some(self.audit_retention_bytes),
                 chunk: self.audit_retention_chunk.max(1),
             },
             retention_every: Duration::from_secs(self.audit_retention_every_secs.max(1)),
@@ -59,6 +79,37 @@ impl AuditArgs {
             ..AuditSettings::default()
         }
     }
+}
+
+/// A size: bytes, or a number with `K`/`M`/`G`/`T` (powers of 1000) or `Ki`/`Mi`/`Gi`/`Ti`
+/// (powers of 1024), as Kubernetes quantities are written.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: a size is digits and an optional unit (10Gi, 500M)"))?;
+    let factor: u64 = match unit {
+        "" => 1,
+        "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (K, M, G, T, Ki, Mi, Gi, Ti)"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?}: too large"))
 }
 
 /// A retention age, `None` for never. An alias, so that clap takes the parser's value as
@@ -83,6 +134,18 @@ pub fn parse_age(text: &str) -> Result<Option<Duration>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("1500"), Ok(1500));
+        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("10Gi"), Ok(10 << 30));
+        assert_eq!(parse_bytes("500Mi"), Ok(500 << 20));
+        for bad in ["", "Gi", "10GB", "-1", "1.5G", "99999999999Ti"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn ages() {
@@ -111,5 +174,19 @@ mod tests {
             Cli::try_parse_from(["operator", "--audit-retention-age", "0"]).expect("0 parses");
         assert_eq!(never.audit.audit_retention_age, None);
         assert!(Cli::try_parse_from(["operator", "--audit-retention-age", "7"]).is_err());
+        assert_eq!(defaults.audit.settings().retention.max_bytes, None);
+        let sized = Cli::try_parse_from(["operator", "--audit-retention-bytes", "1Gi"])
+            .expect("size parses");
+        assert_eq!(sized.audit.settings().retention.max_bytes, Some(1 << 30));
+        assert_eq!(sized.audit.check(), Ok(()));
+        let pg = Cli::try_parse_from([
+            "operator",
+            "--audit-database",
+            "postgres://u@db/palisade",
+            "--audit-retention-bytes",
+            "1Gi",
+        ])
+        .expect("parses");
+        assert!(pg.audit.check().is_err(), "bytes refused with PostgreSQL");
     }
 }
