@@ -7,6 +7,8 @@
 //!    million) generated in bulk by SQL (`WITH RECURSIVE` / `generate_series`), not
 //!    through the ingest path: the rows span 7 days, 100 namespaces, a third denied.
 //!
+//! `SQLITE_INGEST_ONLY=1` stops after SQLite's fresh-database ingest (a quick check).
+//!
 //! PostgreSQL is the throwaway server of `pg_harness` (PostgreSQL 15, fsync off, commits
 //! synchronous). SQLite is a WAL file with `synchronous = FULL`, on the temp folder's disk.
 

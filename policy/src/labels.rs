@@ -51,17 +51,9 @@ impl Labels {
         }
     }
 
-    pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.position(key).ok().map(|i| self.0.remove(i).1)
-    }
-
     /// The pairs in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter().map(|(k, v)| (k, v))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
     }
 }
 
@@ -82,20 +74,6 @@ impl From<BTreeMap<String, String>> for Labels {
 impl<const N: usize> From<[(String, String); N]> for Labels {
     fn from(pairs: [(String, String); N]) -> Self {
         pairs.into_iter().collect()
-    }
-}
-
-impl From<Labels> for BTreeMap<String, String> {
-    fn from(labels: Labels) -> Self {
-        labels.0.into_iter().collect()
-    }
-}
-
-impl Extend<(String, String)> for Labels {
-    fn extend<I: IntoIterator<Item = (String, String)>>(&mut self, iter: I) {
-        for (k, v) in iter {
-            self.insert(k, v);
-        }
     }
 }
 
@@ -145,15 +123,14 @@ mod tests {
         let mut l = labels(&[("b", "2"), ("a", "1"), ("b", "3")]);
         assert_eq!(l.len(), 2);
         assert_eq!(l.get("b").map(String::as_str), Some("3"), "later pair wins");
-        assert_eq!(l.keys().cloned().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            l.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(l.insert("c".into(), "4".into()), None);
         assert_eq!(l.insert("a".into(), "5".into()), Some("1".into()));
         assert!(l.contains_key("c") && !l.contains_key("d"));
-        assert_eq!(l.remove("b"), Some("3".into()));
-        assert_eq!(l.get("b"), None);
-        let map: BTreeMap<String, String> = l.clone().into();
-        assert_eq!(Labels::from(map), l);
-        assert_eq!(format!("{l:?}"), r#"{"a": "5", "c": "4"}"#);
+        assert_eq!(format!("{l:?}"), r#"{"a": "5", "b": "3", "c": "4"}"#);
     }
 
     #[test]
