@@ -10,6 +10,11 @@
 //! - full: a fresh enforcer programs an empty namespace (target < 300 ms);
 //! - full, warm: the same in a namespace that held the sets before (its ipset
 //!   table has grown already: a reinstall on a running node);
+//! - full, sized: the same in a fresh namespace created while the ip_set
+//!   `max_sets` parameter was 4,096 (its table starts with 4,096 slots: a node
+//!   whose ip_set module was loaded with `max_sets=4096`, see the README's
+//!   "Node tuning"); skipped when `/sys/module/ip_set/parameters/max_sets` cannot
+//!   be written;
 //! - incremental: one pod address added to one set (target < 20 ms), with and
 //!   without revocation (which lists conntrack);
 //! - no-op: the same state again;
@@ -54,6 +59,23 @@ fn stats(name: &str, target_ms: Option<f64>, mut v: Vec<Duration>) {
     );
 }
 
+/// The ip_set module parameter that sizes the table of sets of every network
+/// namespace created after it is written (the kernel reads it at namespace creation).
+const MAX_SETS: &str = "/sys/module/ip_set/parameters/max_sets";
+
+/// A fresh namespace whose ipset table starts with `slots` slots, or `None` when
+/// the parameter cannot be written. The parameter is restored at once: only this
+/// namespace is affected.
+fn sized_netns(slots: usize) -> Option<Netns> {
+    let old = std::fs::read_to_string(MAX_SETS).ok()?;
+    std::fs::write(MAX_SETS, slots.to_string()).ok()?;
+    let ns = Netns::new("bench");
+    if let Err(e) = std::fs::write(MAX_SETS, old.trim()) {
+        eprintln!("could not restore {MAX_SETS} to {}: {e}", old.trim());
+    }
+    Some(ns)
+}
+
 fn main() {
     if !can_netns("bench program") {
         return;
@@ -86,7 +108,7 @@ fn main() {
         name: &'static str,
         base: palisade_enforcer::NodeRuleSet,
         grown: palisade_enforcer::NodeRuleSet,
-        times: [Vec<Duration>; 6],
+        times: [Vec<Duration>; 7],
     }
     let mut runs: Vec<Run> = configs
         .iter()
@@ -125,7 +147,7 @@ fn main() {
 
     for _ in 0..rounds {
         for run in runs.iter_mut() {
-            let [rend, full, inc, inc_norevoke, noop, warm] = &mut run.times;
+            let [rend, full, inc, inc_norevoke, noop, warm, sized] = &mut run.times;
             let t = Instant::now();
             let _ = render(&run.base, &RenderOptions::default()).expect("render");
             rend.push(t.elapsed());
@@ -165,11 +187,21 @@ fn main() {
                 warm.push(t.elapsed());
                 e.cleanup().expect("cleanup");
             });
+            drop(ns);
+            if let Some(ns) = sized_netns(4096) {
+                ns.run(|| {
+                    let mut e = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
+                    let t = Instant::now();
+                    e.apply(base).expect("full, sized table");
+                    sized.push(t.elapsed());
+                    e.cleanup().expect("cleanup");
+                });
+            }
         }
     }
     println!("rounds: {rounds} (interleaved)");
     for run in runs {
-        let [rend, full, inc, inc_norevoke, noop, warm] = run.times;
+        let [rend, full, inc, inc_norevoke, noop, warm, sized] = run.times;
         println!("-- {}", run.name);
         stats("render alone", None, rend);
         stats(
@@ -178,6 +210,17 @@ fn main() {
             full,
         );
         stats("full program, namespace that held sets before", None, warm);
+        if sized.is_empty() {
+            println!(
+                "full program, ipset table sized (max_sets=4096): skipped, {MAX_SETS} not writable"
+            );
+        } else {
+            stats(
+                "full program, fresh netns, max_sets=4096",
+                Some(300.0),
+                sized,
+            );
+        }
         stats("incremental: +1 address in 1 set (revoke)", Some(20.0), inc);
         stats(
             "incremental: +1 address in 1 set (no-revoke)",

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_audit::{now_ms, AuditError, AuditStore};
+use palisade_audit::{now_ms, AuditError, AuditStore, WriteOutcome};
 use palisade_wire::audit::{DecisionBatch, Gap};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -204,12 +204,7 @@ impl IngestTask {
             match store.write_batches(&batches, now_ms()).await {
                 Ok(outcomes) => {
                     for ((batch, done), out) in batches.iter().zip(dones).zip(outcomes) {
-                        self.metrics.stored.inc_by(out.decisions);
-                        self.metrics.gaps.inc_by(out.gaps);
-                        self.metrics.duplicates.inc_by(out.duplicates);
-                        tracing::debug!(source = %batch.source, seq = batch.seq, stored = out.decisions,
-                            duplicates = out.duplicates, "decision batch stored");
-                        let _ = done.send(batch.seq);
+                        self.stored(batch, &out, batch.seq, done);
                     }
                     return;
                 }
@@ -234,6 +229,7 @@ impl IngestTask {
     /// Writes one batch, retrying transient failures; answers its stream once committed.
     async fn handle(&self, store: &dyn AuditStore, mut job: Job) {
         attribute(&mut job.batch, &self.pod_ips.snapshot());
+        // The seq the stream waits for (a rejection's may be clamped).
         let seq = job.batch.seq;
         let mut delay = self.backoff.first;
         let mut batch = job.batch;
@@ -244,12 +240,7 @@ impl IngestTask {
             }
             match store.write_batch(&batch, now_ms()).await {
                 Ok(out) => {
-                    self.metrics.stored.inc_by(out.decisions);
-                    self.metrics.gaps.inc_by(out.gaps);
-                    self.metrics.duplicates.inc_by(out.duplicates);
-                    tracing::debug!(source = %batch.source, seq = batch.seq, stored = out.decisions,
-                        duplicates = out.duplicates, "decision batch stored");
-                    let _ = job.done.send(seq);
+                    self.stored(&batch, &out, seq, job.done);
                     return;
                 }
                 Err(e) if e.is_transient() => {
@@ -269,6 +260,22 @@ impl IngestTask {
                 }
             }
         }
+    }
+
+    /// A batch committed: counted, and its stream told that `seq` is stored.
+    fn stored(
+        &self,
+        batch: &DecisionBatch,
+        out: &WriteOutcome,
+        seq: u64,
+        done: oneshot::Sender<u64>,
+    ) {
+        self.metrics.stored.inc_by(out.decisions);
+        self.metrics.gaps.inc_by(out.gaps);
+        self.metrics.duplicates.inc_by(out.duplicates);
+        tracing::debug!(source = %batch.source, seq = batch.seq, stored = out.decisions,
+            duplicates = out.duplicates, "decision batch stored");
+        let _ = done.send(seq);
     }
 
     /// Sleeps `delay` (then doubles it); false when shutting down.
