@@ -16,15 +16,17 @@ use super::{
 };
 use crate::palisade::{
     self, TierDefaultAction, TieredNetworkPolicy, TieredNetworkPolicyAudit,
-    TieredNetworkPolicyProtocol,
+    TieredNetworkPolicyEgressPeer, TieredNetworkPolicyIngressPeer, TieredNetworkPolicyProtocol,
 };
 use crate::upstream::v1alpha1::{
-    self, AdminNetworkPolicy, AdminNetworkPolicyPort, AdminNetworkPolicyRuleAction,
-    BaselineAdminNetworkPolicy, BaselineAdminNetworkPolicyRuleAction,
+    self, AdminNetworkPolicy, AdminNetworkPolicyEgressPeer, AdminNetworkPolicyIngressPeer,
+    AdminNetworkPolicyPort, AdminNetworkPolicyRuleAction, BaselineAdminNetworkPolicy,
+    BaselineAdminNetworkPolicyEgressPeer, BaselineAdminNetworkPolicyRuleAction,
 };
 use crate::upstream::v1alpha2::{
-    ClusterNetworkPolicy, ClusterNetworkPolicyProtocol, ClusterNetworkPolicyRuleAction,
-    ClusterNetworkPolicySubject, ClusterNetworkPolicyTier, ProtocolPort, UnknownFields,
+    self, ClusterNetworkPolicy, ClusterNetworkPolicyEgressPeer, ClusterNetworkPolicyIngressPeer,
+    ClusterNetworkPolicyProtocol, ClusterNetworkPolicyRuleAction, ClusterNetworkPolicySubject,
+    ClusterNetworkPolicyTier, ProtocolPort, UnknownFields,
 };
 use crate::CrdError;
 
@@ -113,70 +115,6 @@ pub(crate) fn convert_cnp(cnp: &ClusterNetworkPolicy, mode: Mode) -> Result<Poli
         ClusterNetworkPolicyTier::Admin => TIER_ADMIN,
         ClusterNetworkPolicyTier::Baseline => TIER_BASELINE,
     };
-    let ingress = spec.ingress.as_ref().map(|rules| {
-        rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.as_deref(),
-                action: cnp_action(r.action),
-                peers_field: "from",
-                peers: r
-                    .from
-                    .iter()
-                    .map(|p| PeerView {
-                        namespaces: p.namespaces.as_ref(),
-                        pods: p
-                            .pods
-                            .as_ref()
-                            .map(|np| (&np.namespace_selector, &np.pod_selector)),
-                        unknown: unknown_keys(&p.unknown_fields),
-                        ..PeerView::default()
-                    })
-                    .collect(),
-                ports_field: "protocols",
-                ports: r
-                    .protocols
-                    .as_ref()
-                    .map(|ps| ps.iter().map(cnp_protocol).collect()),
-            })
-            .collect()
-    });
-    let egress = spec.egress.as_ref().map(|rules| {
-        rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.as_deref(),
-                action: cnp_action(r.action),
-                peers_field: "to",
-                peers: r
-                    .to
-                    .iter()
-                    .map(|p| PeerView {
-                        namespaces: p.namespaces.as_ref(),
-                        pods: p
-                            .pods
-                            .as_ref()
-                            .map(|np| (&np.namespace_selector, &np.pod_selector)),
-                        nodes: p.nodes.as_ref(),
-                        networks: p
-                            .networks
-                            .as_ref()
-                            .map(|ns| ns.iter().map(String::as_str).collect()),
-                        domain_names: p
-                            .domain_names
-                            .as_ref()
-                            .map(|ds| ds.iter().map(String::as_str).collect()),
-                        unknown: unknown_keys(&p.unknown_fields),
-                    })
-                    .collect(),
-                ports_field: "protocols",
-                ports: r
-                    .protocols
-                    .as_ref()
-                    .map(|ps| ps.iter().map(cnp_protocol).collect()),
-            })
-            .collect()
-    });
     build(
         PolicyView {
             kind: PolicyKind::ClusterNetworkPolicy,
@@ -184,8 +122,12 @@ pub(crate) fn convert_cnp(cnp: &ClusterNetworkPolicy, mode: Mode) -> Result<Poli
             tier: tier.to_string(),
             priority: Some(spec.priority),
             subject: cnp_subject(&spec.subject),
-            ingress,
-            egress,
+            ingress: rule_views(&spec.ingress, |r| {
+                rule_view(&r.name, cnp_action(r.action), &r.from, &r.protocols)
+            }),
+            egress: rule_views(&spec.egress, |r| {
+                rule_view(&r.name, cnp_action(r.action), &r.to, &r.protocols)
+            }),
             max_rules: CNP_MAX_RULES,
             audit: None,
         },
@@ -212,67 +154,6 @@ pub(crate) fn convert_tnp(tnp: &TieredNetworkPolicy, mode: Mode) -> Result<Polic
             ),
         ));
     }
-    let ingress = spec.ingress.as_ref().map(|rules| {
-        rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.as_deref(),
-                action: cnp_action(r.action),
-                peers_field: "from",
-                peers: r
-                    .from
-                    .iter()
-                    .map(|p| PeerView {
-                        namespaces: p.namespaces.as_ref(),
-                        pods: p
-                            .pods
-                            .as_ref()
-                            .map(|np| (&np.namespace_selector, &np.pod_selector)),
-                        networks: cidrs(&p.networks),
-                        ..PeerView::default()
-                    })
-                    .collect(),
-                ports_field: "protocols",
-                ports: r
-                    .protocols
-                    .as_ref()
-                    .map(|ps| ps.iter().map(tnp_protocol).collect()),
-            })
-            .collect()
-    });
-    let egress = spec.egress.as_ref().map(|rules| {
-        rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.as_deref(),
-                action: cnp_action(r.action),
-                peers_field: "to",
-                peers: r
-                    .to
-                    .iter()
-                    .map(|p| PeerView {
-                        namespaces: p.namespaces.as_ref(),
-                        pods: p
-                            .pods
-                            .as_ref()
-                            .map(|np| (&np.namespace_selector, &np.pod_selector)),
-                        nodes: p.nodes.as_ref(),
-                        networks: cidrs(&p.networks),
-                        domain_names: p
-                            .domain_names
-                            .as_ref()
-                            .map(|ds| ds.iter().map(|d| d.0.as_str()).collect()),
-                        unknown: Vec::new(),
-                    })
-                    .collect(),
-                ports_field: "protocols",
-                ports: r
-                    .protocols
-                    .as_ref()
-                    .map(|ps| ps.iter().map(tnp_protocol).collect()),
-            })
-            .collect()
-    });
     build(
         PolicyView {
             kind: PolicyKind::TieredNetworkPolicy,
@@ -280,8 +161,12 @@ pub(crate) fn convert_tnp(tnp: &TieredNetworkPolicy, mode: Mode) -> Result<Polic
             tier: spec.tier.clone(),
             priority: Some(spec.priority),
             subject: cnp_subject(&spec.subject),
-            ingress,
-            egress,
+            ingress: rule_views(&spec.ingress, |r| {
+                rule_view(&r.name, cnp_action(r.action), &r.from, &r.protocols)
+            }),
+            egress: rule_views(&spec.egress, |r| {
+                rule_view(&r.name, cnp_action(r.action), &r.to, &r.protocols)
+            }),
             max_rules: MAX_RULES,
             audit: spec.audit.map(|a| match a {
                 TieredNetworkPolicyAudit::All => AuditMode::All,
@@ -293,66 +178,9 @@ pub(crate) fn convert_tnp(tnp: &TieredNetworkPolicy, mode: Mode) -> Result<Polic
     )
 }
 
-fn cidrs(networks: &Option<Vec<palisade::Cidr>>) -> Option<Vec<&str>> {
-    networks
-        .as_ref()
-        .map(|ns| ns.iter().map(|c| c.0.as_str()).collect())
-}
-
 pub(crate) fn convert_anp(anp: &AdminNetworkPolicy, mode: Mode) -> Result<Policy, CrdError> {
     let name = object_name("AdminNetworkPolicy", &anp.metadata)?;
     let spec = &anp.spec;
-    let action = |a: AdminNetworkPolicyRuleAction| match a {
-        AdminNetworkPolicyRuleAction::Allow => Action::Accept,
-        AdminNetworkPolicyRuleAction::Deny => Action::Deny,
-        AdminNetworkPolicyRuleAction::Pass => Action::Pass,
-    };
-    let ingress = spec.ingress.as_ref().map(|rules| {
-        rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.as_deref(),
-                action: action(r.action),
-                peers_field: "from",
-                peers: r.from.iter().map(anp_ingress_peer).collect(),
-                ports_field: "ports",
-                ports: anp_ports(&r.ports),
-            })
-            .collect()
-    });
-    let egress = spec.egress.as_ref().map(|rules| {
-        rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.as_deref(),
-                action: action(r.action),
-                peers_field: "to",
-                peers: r
-                    .to
-                    .iter()
-                    .map(|p| PeerView {
-                        namespaces: p.namespaces.as_ref(),
-                        pods: p
-                            .pods
-                            .as_ref()
-                            .map(|np| (&np.namespace_selector, &np.pod_selector)),
-                        nodes: p.nodes.as_ref(),
-                        networks: p
-                            .networks
-                            .as_ref()
-                            .map(|ns| ns.iter().map(String::as_str).collect()),
-                        domain_names: p
-                            .domain_names
-                            .as_ref()
-                            .map(|ds| ds.iter().map(String::as_str).collect()),
-                        unknown: unknown_keys(&p.unknown_fields),
-                    })
-                    .collect(),
-                ports_field: "ports",
-                ports: anp_ports(&r.ports),
-            })
-            .collect()
-    });
     build(
         PolicyView {
             kind: PolicyKind::AdminNetworkPolicy,
@@ -360,8 +188,12 @@ pub(crate) fn convert_anp(anp: &AdminNetworkPolicy, mode: Mode) -> Result<Policy
             tier: TIER_ADMIN.to_string(),
             priority: Some(spec.priority),
             subject: anp_subject(&spec.subject),
-            ingress,
-            egress,
+            ingress: rule_views(&spec.ingress, |r| {
+                rule_view(&r.name, anp_action(r.action), &r.from, &r.ports)
+            }),
+            egress: rule_views(&spec.egress, |r| {
+                rule_view(&r.name, anp_action(r.action), &r.to, &r.ports)
+            }),
             max_rules: MAX_RULES,
             audit: None,
         },
@@ -382,53 +214,6 @@ pub(crate) fn convert_banp(
         ));
     }
     let spec = &banp.spec;
-    let action = |a: BaselineAdminNetworkPolicyRuleAction| match a {
-        BaselineAdminNetworkPolicyRuleAction::Allow => Action::Accept,
-        BaselineAdminNetworkPolicyRuleAction::Deny => Action::Deny,
-    };
-    let ingress = spec.ingress.as_ref().map(|rules| {
-        rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.as_deref(),
-                action: action(r.action),
-                peers_field: "from",
-                peers: r.from.iter().map(anp_ingress_peer).collect(),
-                ports_field: "ports",
-                ports: anp_ports(&r.ports),
-            })
-            .collect()
-    });
-    let egress = spec.egress.as_ref().map(|rules| {
-        rules
-            .iter()
-            .map(|r| RuleView {
-                name: r.name.as_deref(),
-                action: action(r.action),
-                peers_field: "to",
-                peers: r
-                    .to
-                    .iter()
-                    .map(|p| PeerView {
-                        namespaces: p.namespaces.as_ref(),
-                        pods: p
-                            .pods
-                            .as_ref()
-                            .map(|np| (&np.namespace_selector, &np.pod_selector)),
-                        nodes: p.nodes.as_ref(),
-                        networks: p
-                            .networks
-                            .as_ref()
-                            .map(|ns| ns.iter().map(String::as_str).collect()),
-                        domain_names: None,
-                        unknown: unknown_keys(&p.unknown_fields),
-                    })
-                    .collect(),
-                ports_field: "ports",
-                ports: anp_ports(&r.ports),
-            })
-            .collect()
-    });
     build(
         PolicyView {
             kind: PolicyKind::BaselineAdminNetworkPolicy,
@@ -436,8 +221,12 @@ pub(crate) fn convert_banp(
             tier: TIER_BASELINE.to_string(),
             priority: None,
             subject: anp_subject(&spec.subject),
-            ingress,
-            egress,
+            ingress: rule_views(&spec.ingress, |r| {
+                rule_view(&r.name, banp_action(r.action), &r.from, &r.ports)
+            }),
+            egress: rule_views(&spec.egress, |r| {
+                rule_view(&r.name, banp_action(r.action), &r.to, &r.ports)
+            }),
             max_rules: MAX_RULES,
             audit: None,
         },
@@ -445,6 +234,34 @@ pub(crate) fn convert_banp(
     )
 }
 
+/// A direction's rules (`spec.ingress` or `spec.egress`) of any kind, each seen through `view`.
+fn rule_views<'a, R>(
+    rules: &'a Option<Vec<R>>,
+    view: impl Fn(&'a R) -> RuleView<'a>,
+) -> Option<Vec<RuleView<'a>>> {
+    rules.as_ref().map(|rules| rules.iter().map(view).collect())
+}
+
+/// One rule of any kind: every kind's rules have a name, an action, peers (`from` or `to`) and
+/// optional ports; only the upstream types of the action, peers and ports differ.
+fn rule_view<'a, P: UpstreamPeer, Q: UpstreamPort>(
+    name: &'a Option<String>,
+    action: Action,
+    peers: &'a [P],
+    ports: &'a Option<Vec<Q>>,
+) -> RuleView<'a> {
+    RuleView {
+        name: name.as_deref(),
+        action,
+        peers: peers.iter().map(UpstreamPeer::view).collect(),
+        ports_field: Q::FIELD,
+        ports: ports
+            .as_ref()
+            .map(|ps| ps.iter().map(UpstreamPort::view).collect()),
+    }
+}
+
+/// v1alpha2's and TieredNetworkPolicy's action (`Accept`, `Deny`, `Pass`).
 fn cnp_action(a: ClusterNetworkPolicyRuleAction) -> Action {
     match a {
         ClusterNetworkPolicyRuleAction::Accept => Action::Accept,
@@ -453,62 +270,195 @@ fn cnp_action(a: ClusterNetworkPolicyRuleAction) -> Action {
     }
 }
 
+/// AdminNetworkPolicy's action: `Allow` is `Accept`.
+fn anp_action(a: AdminNetworkPolicyRuleAction) -> Action {
+    match a {
+        AdminNetworkPolicyRuleAction::Allow => Action::Accept,
+        AdminNetworkPolicyRuleAction::Deny => Action::Deny,
+        AdminNetworkPolicyRuleAction::Pass => Action::Pass,
+    }
+}
+
+/// BaselineAdminNetworkPolicy's action: `Allow` is `Accept`, and there is no `Pass`.
+fn banp_action(a: BaselineAdminNetworkPolicyRuleAction) -> Action {
+    match a {
+        BaselineAdminNetworkPolicyRuleAction::Allow => Action::Accept,
+        BaselineAdminNetworkPolicyRuleAction::Deny => Action::Deny,
+    }
+}
+
 fn cnp_subject(s: &ClusterNetworkPolicySubject) -> SubjectView<'_> {
     SubjectView {
         namespaces: s.namespaces.as_ref(),
-        pods: s
-            .pods
-            .as_ref()
-            .map(|p| (&p.namespace_selector, &p.pod_selector)),
+        pods: s.pods.as_ref().map(v1alpha2_pods),
     }
 }
 
 fn anp_subject(s: &v1alpha1::AdminNetworkPolicySubject) -> SubjectView<'_> {
     SubjectView {
         namespaces: s.namespaces.as_ref(),
-        pods: s
-            .pods
-            .as_ref()
-            .map(|p| (&p.namespace_selector, &p.pod_selector)),
+        pods: s.pods.as_ref().map(v1alpha1_pods),
     }
 }
 
-fn anp_ingress_peer(p: &v1alpha1::AdminNetworkPolicyIngressPeer) -> PeerView<'_> {
-    PeerView {
-        namespaces: p.namespaces.as_ref(),
-        pods: p
-            .pods
-            .as_ref()
-            .map(|np| (&np.namespace_selector, &np.pod_selector)),
-        unknown: unknown_keys(&p.unknown_fields),
-        ..PeerView::default()
+/// `pods: {namespaceSelector, podSelector}` (v1alpha2 and TieredNetworkPolicy).
+fn v1alpha2_pods(np: &v1alpha2::NamespacedPod) -> (&K8sSelector, &K8sSelector) {
+    (&np.namespace_selector, &np.pod_selector)
+}
+
+/// `pods: {namespaceSelector, podSelector}` (v1alpha1).
+fn v1alpha1_pods(np: &v1alpha1::NamespacedPod) -> (&K8sSelector, &K8sSelector) {
+    (&np.namespace_selector, &np.pod_selector)
+}
+
+/// An upstream peer type, seen as a [`PeerView`].
+trait UpstreamPeer {
+    fn view(&self) -> PeerView<'_>;
+}
+
+impl UpstreamPeer for ClusterNetworkPolicyIngressPeer {
+    fn view(&self) -> PeerView<'_> {
+        PeerView {
+            namespaces: self.namespaces.as_ref(),
+            pods: self.pods.as_ref().map(v1alpha2_pods),
+            unknown: unknown_keys(&self.unknown_fields),
+            ..PeerView::default()
+        }
     }
 }
 
-fn anp_ports(ports: &Option<Vec<AdminNetworkPolicyPort>>) -> Option<Vec<PortView<'_>>> {
-    ports
+impl UpstreamPeer for ClusterNetworkPolicyEgressPeer {
+    fn view(&self) -> PeerView<'_> {
+        PeerView {
+            namespaces: self.namespaces.as_ref(),
+            pods: self.pods.as_ref().map(v1alpha2_pods),
+            nodes: self.nodes.as_ref(),
+            networks: strs(&self.networks),
+            domain_names: strs(&self.domain_names),
+            unknown: unknown_keys(&self.unknown_fields),
+        }
+    }
+}
+
+/// TieredNetworkPolicy's peers have no unknown fields: its CRD is Palisade's own, so a field
+/// this version does not know cannot come from a newer one.
+impl UpstreamPeer for TieredNetworkPolicyIngressPeer {
+    fn view(&self) -> PeerView<'_> {
+        PeerView {
+            namespaces: self.namespaces.as_ref(),
+            pods: self.pods.as_ref().map(v1alpha2_pods),
+            networks: cidrs(&self.networks),
+            ..PeerView::default()
+        }
+    }
+}
+
+impl UpstreamPeer for TieredNetworkPolicyEgressPeer {
+    fn view(&self) -> PeerView<'_> {
+        PeerView {
+            namespaces: self.namespaces.as_ref(),
+            pods: self.pods.as_ref().map(v1alpha2_pods),
+            nodes: self.nodes.as_ref(),
+            networks: cidrs(&self.networks),
+            domain_names: self
+                .domain_names
+                .as_ref()
+                .map(|ds| ds.iter().map(|d| d.0.as_str()).collect()),
+            unknown: Vec::new(),
+        }
+    }
+}
+
+/// The ingress peer of both AdminNetworkPolicy and BaselineAdminNetworkPolicy.
+impl UpstreamPeer for AdminNetworkPolicyIngressPeer {
+    fn view(&self) -> PeerView<'_> {
+        PeerView {
+            namespaces: self.namespaces.as_ref(),
+            pods: self.pods.as_ref().map(v1alpha1_pods),
+            unknown: unknown_keys(&self.unknown_fields),
+            ..PeerView::default()
+        }
+    }
+}
+
+impl UpstreamPeer for AdminNetworkPolicyEgressPeer {
+    fn view(&self) -> PeerView<'_> {
+        PeerView {
+            namespaces: self.namespaces.as_ref(),
+            pods: self.pods.as_ref().map(v1alpha1_pods),
+            nodes: self.nodes.as_ref(),
+            networks: strs(&self.networks),
+            domain_names: strs(&self.domain_names),
+            unknown: unknown_keys(&self.unknown_fields),
+        }
+    }
+}
+
+/// The BaselineAdminNetworkPolicy's egress peer has no `domainNames`.
+impl UpstreamPeer for BaselineAdminNetworkPolicyEgressPeer {
+    fn view(&self) -> PeerView<'_> {
+        PeerView {
+            namespaces: self.namespaces.as_ref(),
+            pods: self.pods.as_ref().map(v1alpha1_pods),
+            nodes: self.nodes.as_ref(),
+            networks: strs(&self.networks),
+            domain_names: None,
+            unknown: unknown_keys(&self.unknown_fields),
+        }
+    }
+}
+
+/// An upstream port type, seen as a [`PortView`].
+trait UpstreamPort {
+    /// The rule's field that holds the list: `protocols` (v1alpha2, TieredNetworkPolicy) or
+    /// `ports` (v1alpha1).
+    const FIELD: &'static str;
+    fn view(&self) -> PortView<'_>;
+}
+
+impl UpstreamPort for ClusterNetworkPolicyProtocol {
+    const FIELD: &'static str = "protocols";
+    fn view(&self) -> PortView<'_> {
+        PortView::Protocol {
+            tcp: self.tcp.as_ref(),
+            udp: self.udp.as_ref(),
+            sctp: self.sctp.as_ref(),
+            named: self.destination_named_port.as_deref(),
+            unknown: unknown_keys(&self.unknown_fields),
+        }
+    }
+}
+
+impl UpstreamPort for TieredNetworkPolicyProtocol {
+    const FIELD: &'static str = "protocols";
+    fn view(&self) -> PortView<'_> {
+        PortView::Protocol {
+            tcp: self.tcp.as_ref(),
+            udp: self.udp.as_ref(),
+            sctp: self.sctp.as_ref(),
+            named: self.destination_named_port.as_deref(),
+            unknown: Vec::new(),
+        }
+    }
+}
+
+impl UpstreamPort for AdminNetworkPolicyPort {
+    const FIELD: &'static str = "ports";
+    fn view(&self) -> PortView<'_> {
+        PortView::Anp(self)
+    }
+}
+
+fn strs(texts: &Option<Vec<String>>) -> Option<Vec<&str>> {
+    texts
         .as_ref()
-        .map(|ps| ps.iter().map(PortView::Anp).collect())
+        .map(|ts| ts.iter().map(String::as_str).collect())
 }
 
-fn cnp_protocol(p: &ClusterNetworkPolicyProtocol) -> PortView<'_> {
-    PortView::Protocol {
-        tcp: p.tcp.as_ref(),
-        udp: p.udp.as_ref(),
-        sctp: p.sctp.as_ref(),
-        named: p.destination_named_port.as_deref(),
-        unknown: unknown_keys(&p.unknown_fields),
-    }
-}
-
-fn tnp_protocol(p: &TieredNetworkPolicyProtocol) -> PortView<'_> {
-    PortView::Protocol {
-        tcp: p.tcp.as_ref(),
-        udp: p.udp.as_ref(),
-        sctp: p.sctp.as_ref(),
-        named: p.destination_named_port.as_deref(),
-        unknown: Vec::new(),
-    }
+fn cidrs(networks: &Option<Vec<palisade::Cidr>>) -> Option<Vec<&str>> {
+    networks
+        .as_ref()
+        .map(|ns| ns.iter().map(|c| c.0.as_str()).collect())
 }
 
 fn unknown_keys(fields: &UnknownFields) -> Vec<&str> {
@@ -538,8 +488,7 @@ struct SubjectView<'a> {
 struct RuleView<'a> {
     name: Option<&'a str>,
     action: Action,
-    /// `from` or `to`.
-    peers_field: &'static str,
+    /// `from` (ingress) or `to` (egress), as [`peers_field`] names them.
     peers: Vec<PeerView<'a>>,
     /// `protocols` (v1alpha2) or `ports` (v1alpha1).
     ports_field: &'static str,
@@ -661,16 +610,17 @@ fn rule(ctx: &Ctx, direction: Direction, path: &str, r: RuleView<'_>) -> Result<
         Some("") | None => None,
         Some(name) => Some(name.to_string()),
     };
+    let peers_field = peers_field(direction);
     if r.peers.is_empty() {
         return Err(ctx.invalid(
-            format!("{path}.{}", r.peers_field),
+            format!("{path}.{peers_field}"),
             "must contain at least one peer",
         ));
     }
     let mut peers = Vec::new();
     let mut addresses_only = false;
     for (j, p) in r.peers.iter().enumerate() {
-        let at = format!("{path}.{}[{j}]", r.peers_field);
+        let at = format!("{path}.{peers_field}[{j}]");
         addresses_only |= p.nodes.is_some() || p.networks.is_some() || p.domain_names.is_some();
         peers.extend(peer(ctx, &at, p)?);
     }
@@ -727,6 +677,14 @@ fn rule(ctx: &Ctx, direction: Direction, path: &str, r: RuleView<'_>) -> Result<
         peers: Some(peers),
         ports,
     })
+}
+
+/// Every kind names a rule's peers `from` in ingress and `to` in egress.
+fn peers_field(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "from",
+        Direction::Egress => "to",
+    }
 }
 
 /// One peer: `networks` gives one `IpBlock` per CIDR, so a peer can give several.
