@@ -290,25 +290,34 @@ fn banp_action(a: BaselineAdminNetworkPolicyRuleAction) -> Action {
 fn cnp_subject(s: &ClusterNetworkPolicySubject) -> SubjectView<'_> {
     SubjectView {
         namespaces: s.namespaces.as_ref(),
-        pods: s.pods.as_ref().map(v1alpha2_pods),
+        pods: s.pods.as_ref().map(PodSelectors::selectors),
     }
 }
 
 fn anp_subject(s: &v1alpha1::AdminNetworkPolicySubject) -> SubjectView<'_> {
     SubjectView {
         namespaces: s.namespaces.as_ref(),
-        pods: s.pods.as_ref().map(v1alpha1_pods),
+        pods: s.pods.as_ref().map(PodSelectors::selectors),
     }
 }
 
-/// `pods: {namespaceSelector, podSelector}` (v1alpha2 and TieredNetworkPolicy).
-fn v1alpha2_pods(np: &v1alpha2::NamespacedPod) -> (&K8sSelector, &K8sSelector) {
-    (&np.namespace_selector, &np.pod_selector)
+/// `pods: {namespaceSelector, podSelector}`, which v1alpha1 and v1alpha2 (and so
+/// TieredNetworkPolicy) each define as their own `NamespacedPod`.
+trait PodSelectors {
+    /// `(namespaceSelector, podSelector)`.
+    fn selectors(&self) -> (&K8sSelector, &K8sSelector);
 }
 
-/// `pods: {namespaceSelector, podSelector}` (v1alpha1).
-fn v1alpha1_pods(np: &v1alpha1::NamespacedPod) -> (&K8sSelector, &K8sSelector) {
-    (&np.namespace_selector, &np.pod_selector)
+impl PodSelectors for v1alpha1::NamespacedPod {
+    fn selectors(&self) -> (&K8sSelector, &K8sSelector) {
+        (&self.namespace_selector, &self.pod_selector)
+    }
+}
+
+impl PodSelectors for v1alpha2::NamespacedPod {
+    fn selectors(&self) -> (&K8sSelector, &K8sSelector) {
+        (&self.namespace_selector, &self.pod_selector)
+    }
 }
 
 /// An upstream peer type, seen as a [`PeerView`].
@@ -316,29 +325,47 @@ trait UpstreamPeer {
     fn view(&self) -> PeerView<'_>;
 }
 
-impl UpstreamPeer for ClusterNetworkPolicyIngressPeer {
-    fn view(&self) -> PeerView<'_> {
-        PeerView {
-            namespaces: self.namespaces.as_ref(),
-            pods: self.pods.as_ref().map(v1alpha2_pods),
-            unknown: unknown_keys(&self.unknown_fields),
-            ..PeerView::default()
+/// v1alpha1 and v1alpha2 define the same ingress peer (`namespaces`, `pods`, unknown fields
+/// kept) as two types: one body serves both.
+macro_rules! upstream_ingress_peer {
+    ($($peer:ty),+) => {$(
+        impl UpstreamPeer for $peer {
+            fn view(&self) -> PeerView<'_> {
+                PeerView {
+                    namespaces: self.namespaces.as_ref(),
+                    pods: self.pods.as_ref().map(PodSelectors::selectors),
+                    unknown: unknown_keys(&self.unknown_fields),
+                    ..PeerView::default()
+                }
+            }
         }
-    }
+    )+};
 }
 
-impl UpstreamPeer for ClusterNetworkPolicyEgressPeer {
-    fn view(&self) -> PeerView<'_> {
-        PeerView {
-            namespaces: self.namespaces.as_ref(),
-            pods: self.pods.as_ref().map(v1alpha2_pods),
-            nodes: self.nodes.as_ref(),
-            networks: strs(&self.networks),
-            domain_names: strs(&self.domain_names),
-            unknown: unknown_keys(&self.unknown_fields),
+/// Likewise the egress peer of the ClusterNetworkPolicy and the AdminNetworkPolicy (`nodes`,
+/// `networks` and `domainNames` besides); the BaselineAdminNetworkPolicy's differs (below).
+macro_rules! upstream_egress_peer {
+    ($($peer:ty),+) => {$(
+        impl UpstreamPeer for $peer {
+            fn view(&self) -> PeerView<'_> {
+                PeerView {
+                    namespaces: self.namespaces.as_ref(),
+                    pods: self.pods.as_ref().map(PodSelectors::selectors),
+                    nodes: self.nodes.as_ref(),
+                    networks: strs(&self.networks),
+                    domain_names: strs(&self.domain_names),
+                    unknown: unknown_keys(&self.unknown_fields),
+                }
+            }
         }
-    }
+    )+};
 }
+
+upstream_ingress_peer!(
+    ClusterNetworkPolicyIngressPeer,
+    AdminNetworkPolicyIngressPeer
+);
+upstream_egress_peer!(ClusterNetworkPolicyEgressPeer, AdminNetworkPolicyEgressPeer);
 
 /// TieredNetworkPolicy's peers have no unknown fields: its CRD is Palisade's own, so a field
 /// this version does not know cannot come from a newer one.
@@ -346,7 +373,7 @@ impl UpstreamPeer for TieredNetworkPolicyIngressPeer {
     fn view(&self) -> PeerView<'_> {
         PeerView {
             namespaces: self.namespaces.as_ref(),
-            pods: self.pods.as_ref().map(v1alpha2_pods),
+            pods: self.pods.as_ref().map(PodSelectors::selectors),
             networks: cidrs(&self.networks),
             ..PeerView::default()
         }
@@ -357,7 +384,7 @@ impl UpstreamPeer for TieredNetworkPolicyEgressPeer {
     fn view(&self) -> PeerView<'_> {
         PeerView {
             namespaces: self.namespaces.as_ref(),
-            pods: self.pods.as_ref().map(v1alpha2_pods),
+            pods: self.pods.as_ref().map(PodSelectors::selectors),
             nodes: self.nodes.as_ref(),
             networks: cidrs(&self.networks),
             domain_names: self
@@ -369,37 +396,12 @@ impl UpstreamPeer for TieredNetworkPolicyEgressPeer {
     }
 }
 
-/// The ingress peer of both AdminNetworkPolicy and BaselineAdminNetworkPolicy.
-impl UpstreamPeer for AdminNetworkPolicyIngressPeer {
-    fn view(&self) -> PeerView<'_> {
-        PeerView {
-            namespaces: self.namespaces.as_ref(),
-            pods: self.pods.as_ref().map(v1alpha1_pods),
-            unknown: unknown_keys(&self.unknown_fields),
-            ..PeerView::default()
-        }
-    }
-}
-
-impl UpstreamPeer for AdminNetworkPolicyEgressPeer {
-    fn view(&self) -> PeerView<'_> {
-        PeerView {
-            namespaces: self.namespaces.as_ref(),
-            pods: self.pods.as_ref().map(v1alpha1_pods),
-            nodes: self.nodes.as_ref(),
-            networks: strs(&self.networks),
-            domain_names: strs(&self.domain_names),
-            unknown: unknown_keys(&self.unknown_fields),
-        }
-    }
-}
-
 /// The BaselineAdminNetworkPolicy's egress peer has no `domainNames`.
 impl UpstreamPeer for BaselineAdminNetworkPolicyEgressPeer {
     fn view(&self) -> PeerView<'_> {
         PeerView {
             namespaces: self.namespaces.as_ref(),
-            pods: self.pods.as_ref().map(v1alpha1_pods),
+            pods: self.pods.as_ref().map(PodSelectors::selectors),
             nodes: self.nodes.as_ref(),
             networks: strs(&self.networks),
             domain_names: None,
