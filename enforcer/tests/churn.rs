@@ -17,10 +17,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -633,76 +632,6 @@ fn rules_rewritten_200_times_under_traffic() {
     );
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
-
-/// A `palisade-enforcer run` in the node namespace; its JSON lines arrive on `rx`.
-struct Agent {
-    child: Child,
-    rx: mpsc::Receiver<serde_json::Value>,
-}
-
-impl Agent {
-    fn start(lab: &Lab, state: &std::path::Path) -> Agent {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.node.name, BIN, "run", "--state"])
-            .arg(state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn palisade-enforcer run");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Agent { child, rx }
-    }
-
-    /// Waits (at most 10 s) for the report of `version`.
-    fn applied(&self, version: u64) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.rx.recv_timeout(left) {
-                Ok(v) if v["applied_version"] == version => return v,
-                Ok(v) if v.get("error").is_some() => panic!("enforcer error: {v}"),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("version {version} not applied within 10 s");
-    }
-
-    /// SIGTERM, then waits for the exit (at most 10 s).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill on the pid of a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "enforcer did not stop");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Our rules (chains and hooks, both families) and our sets with their members,
 /// as the kernel of the node shows them right now.
 fn ours(lab: &Lab) -> (String, String) {
@@ -731,23 +660,15 @@ fn enforcer_restart_leaves_no_gap() {
     }
     let lab = Lab::new(&IPS);
     lab.serve(&[8080, 8081, 8082]);
-    let dir = std::env::temp_dir().join(format!("palisade-churn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    struct RmDir(std::path::PathBuf);
-    impl Drop for RmDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _rm = RmDir(dir.clone());
-    let state_path = dir.join("state.json");
+    let dir = TempDir::new("churn");
+    let state_path = dir.0.join("state.json");
     std::fs::write(
         &state_path,
         serde_json::to_vec(&churn_state(5, 0b11111)).expect("json"),
     )
     .expect("write state");
 
-    let first = Agent::start(&lab, &state_path);
+    let first = Agent::start(&lab.node, &state_path, &[], None);
     first.applied(5);
     let (rules, sets) = ours(&lab);
     assert!(rules.contains("-j PALISADE-FORWARD") && sets.contains("198.18.0.10"));
@@ -791,7 +712,7 @@ fn enforcer_restart_leaves_no_gap() {
     let stopped = start.elapsed();
     std::thread::sleep(Duration::from_millis(500)); // no enforcer at all
     let restart = Instant::now();
-    let second = Agent::start(&lab, &state_path);
+    let second = Agent::start(&lab.node, &state_path, &[], None);
     let report = second.applied(5);
     let reapplied = restart.elapsed();
     std::thread::sleep(Duration::from_millis(300));

@@ -13,11 +13,9 @@
 mod common;
 mod dataplane_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,26 +23,9 @@ use dataplane_common::*;
 use palisade_enforcer::NodeRuleSet;
 use palisade_policy::model::{Action, Family, PolicyKind};
 
-const BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 const PORT: u16 = 8080;
-
-/// Removes a directory on drop (also on panic).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("palisade-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// The enforcer's arguments besides `--state`.
+const NFT: &[&str] = &["--backend", "nft"];
 
 fn write_state(path: &Path, state: &NodeRuleSet) {
     let tmp = path.with_extension("tmp");
@@ -171,84 +152,6 @@ fn calls(dir: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// A `palisade-enforcer run` in namespace `ns`; its JSON lines arrive on `rx`.
-struct Agent {
-    child: Child,
-    rx: mpsc::Receiver<serde_json::Value>,
-}
-
-impl Agent {
-    fn start(ns: &Netns, state: &Path, path_prefix: Option<&Path>) -> Agent {
-        let path = match path_prefix {
-            Some(p) => format!(
-                "{}:{}",
-                p.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-            None => std::env::var("PATH").unwrap_or_default(),
-        };
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "env"])
-            .arg(format!("PATH={path}"))
-            .args([BIN, "run", "--backend", "nft", "--state"])
-            .arg(state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn palisade-enforcer run");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Agent { child, rx }
-    }
-
-    /// Waits (at most 10 s) for the report of `version`.
-    fn applied(&self, version: u64) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.rx.recv_timeout(left) {
-                Ok(v) if v["applied_version"] == version => return v,
-                Ok(v) if v.get("error").is_some() => panic!("enforcer error: {v}"),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("version {version} not applied within 10 s");
-    }
-
-    /// SIGTERM, then waits for the exit (at most 10 s).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill on the pid of a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "enforcer did not stop");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn count(calls: &[(String, String, String)], tool: &str) -> usize {
     calls.iter().filter(|(_, t, _)| t == tool).count()
 }
@@ -272,7 +175,7 @@ fn each_family_is_one_restore_transaction() {
     let peers4 = vec![b.ip(false).to_string()];
     let peers6 = vec![b.ip(true).to_string()];
     write_state(&state_path, &state(1, a, &peers4, &peers6, false));
-    let agent = Agent::start(&lab.node, &state_path, Some(&bin));
+    let agent = Agent::start(&lab.node, &state_path, NFT, Some(&bin));
     agent.applied(1);
 
     // First apply: one restore per family writes every chain, the sets (both
@@ -386,7 +289,7 @@ fn each_family_is_one_restore_transaction() {
     );
     let status = agent.terminate();
     assert!(status.success());
-    sh(&format!("ip netns exec {} {BIN} cleanup", lab.node.name));
+    enforcer_cleanup(&lab.node);
 }
 
 /// Our rules (both families) and set members, in the current namespace.
@@ -431,7 +334,7 @@ fn dual_stack_restart_keeps_both_families() {
             true,
         ),
     );
-    let first = Agent::start(&lab.node, &state_path, None);
+    let first = Agent::start(&lab.node, &state_path, NFT, None);
     first.applied(3);
     let (rules, sets) = lab.node.run(ours_here);
     assert!(
@@ -483,7 +386,7 @@ fn dual_stack_restart_keeps_both_families() {
     let status = first.terminate();
     assert!(status.success(), "{status}");
     std::thread::sleep(Duration::from_millis(300)); // no enforcer at all
-    let second = Agent::start(&lab.node, &state_path, None);
+    let second = Agent::start(&lab.node, &state_path, NFT, None);
     let report = second.applied(3);
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
@@ -501,5 +404,5 @@ fn dual_stack_restart_keeps_both_families() {
     }
     assert!(second.terminate().success());
     assert_eq!(lab.node.run(ours_here), (rules, sets));
-    sh(&format!("ip netns exec {} {BIN} cleanup", lab.node.name));
+    enforcer_cleanup(&lab.node);
 }

@@ -29,10 +29,7 @@
 mod common;
 mod dataplane_common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -40,70 +37,10 @@ use dataplane_common::*;
 use palisade_enforcer::NodeRuleSet;
 use palisade_policy::model::{Action, Family, PolicyKind};
 
-const BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 const PORT: u16 = 8080;
 const NODE_PORT: u16 = 30080;
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Agent {
-    child: Child,
-    rx: mpsc::Receiver<serde_json::Value>,
-}
-
-impl Agent {
-    fn start(ns: &Netns, state: &Path) -> Agent {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, BIN, "run", "--backend", "nft"])
-            .args(["--hook-check-ms", "200", "--state"])
-            .arg(state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn palisade-enforcer run");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Agent { child, rx }
-    }
-
-    fn applied(&self, version: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.rx.recv_timeout(left) {
-                Ok(v) if v["applied_version"] == version => return,
-                Ok(v) if v.get("error").is_some() => panic!("enforcer error: {v}"),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("version {version} not applied within 10 s");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill on the pid of a child we spawned and have not reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
+/// The enforcer's arguments besides `--state`: a hook check every 200 ms.
+const ARGS: &[&str] = &["--backend", "nft", "--hook-check-ms", "200"];
 
 /// Pod a admits pod friend on 8080 (both families); nothing else is isolated.
 fn state(a: &DsPod, friend: &DsPod) -> NodeRuleSet {
@@ -199,12 +136,10 @@ fn kube_proxy_prepending_its_forward_jump_never_bypasses_policies() {
     );
     lab.serve_names(PORT);
     let (a, friend, client) = (lab.pod("a"), lab.pod("friend"), lab.pod("client"));
-    let dir = std::env::temp_dir().join(format!("palisade-kp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let _rm = TempDir(dir.clone());
-    let path = dir.join("state.json");
+    let dir = TempDir::new("kp");
+    let path = dir.0.join("state.json");
     std::fs::write(&path, serde_json::to_vec(&state(a, friend)).expect("json")).expect("write");
-    let agent = Agent::start(&lab.node, &path);
+    let agent = Agent::start(&lab.node, &path, ARGS, None);
     agent.applied(1);
 
     let wait = Duration::from_millis(500);
@@ -291,8 +226,8 @@ fn kube_proxy_prepending_its_forward_jump_never_bypasses_policies() {
             );
         }
     }
-    drop(agent);
-    sh(&format!("ip netns exec {} {BIN} cleanup", lab.node.name));
+    agent.terminate();
+    enforcer_cleanup(&lab.node);
 }
 
 /// kube-proxy's nftables mode, reduced to what matters here (one family).
@@ -335,12 +270,10 @@ fn kube_proxy_nftables_mode_cannot_bypass_policies() {
     );
     lab.serve_names(PORT);
     let (a, friend, client) = (lab.pod("a"), lab.pod("friend"), lab.pod("client"));
-    let dir = std::env::temp_dir().join(format!("palisade-kpnft-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let _rm = TempDir(dir.clone());
-    let path = dir.join("state.json");
+    let dir = TempDir::new("kpnft");
+    let path = dir.0.join("state.json");
     std::fs::write(&path, serde_json::to_vec(&state(a, friend)).expect("json")).expect("write");
-    let agent = Agent::start(&lab.node, &path);
+    let agent = Agent::start(&lab.node, &path, ARGS, None);
     agent.applied(1);
     for v6 in [false, true] {
         let text = kube_proxy_nft(a, v6);
@@ -381,8 +314,8 @@ fn kube_proxy_nftables_mode_cannot_bypass_policies() {
     // table): its chain counted them.
     let ruleset = lab.node.exec("nft list table ip kube-proxy");
     assert!(ruleset.contains("dnat to"), "{ruleset}");
-    drop(agent);
-    sh(&format!("ip netns exec {} {BIN} cleanup", lab.node.name));
+    agent.terminate();
+    enforcer_cleanup(&lab.node);
     lab.node
         .exec("nft delete table ip kube-proxy; nft delete table ip6 kube-proxy");
 }

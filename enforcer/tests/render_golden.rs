@@ -218,25 +218,8 @@ pub fn tiers() -> NodeRuleSet {
             mk_set("frontend", Family::IPv4, &["10.1.0.0/24"], &[]),
         ],
         vec![
-            mk_policy(
-                PolicyKind::ClusterNetworkPolicy,
-                None,
-                "block-bad",
-                0,
-                vec![
-                    mk_named_rule(0, "deny-blocked", Action::Deny, vec![from_sets(&[0])]),
-                    mk_named_rule(1, "pass-monitoring", Action::Pass, vec![from_sets(&[1])]),
-                ],
-                vec![],
-            ),
-            mk_policy(
-                PolicyKind::TieredNetworkPolicy,
-                None,
-                "trusted-only",
-                1,
-                vec![mk_rule(0, Action::Accept, vec![from_sets(&[2])])],
-                vec![],
-            ),
+            block_bad(),
+            trusted_only(),
             mk_policy(
                 PolicyKind::NetworkPolicy,
                 Some("shop"),

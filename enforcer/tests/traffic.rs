@@ -21,73 +21,6 @@ use palisade_enforcer::{
 use palisade_policy::compiled::{AddressSet, CompiledPolicy, CompiledRule, LocalPod, PortRange};
 use palisade_policy::model::{Action, DefaultAction, Family, PolicyKind, Protocol};
 
-const NODE_IP: &str = "198.19.255.1";
-const GW: &str = "169.254.1.1";
-
-/// A node namespace and endpoint namespaces (pods or outside hosts) routed through it.
-struct Lab {
-    node: Netns,
-    endpoints: Vec<(Netns, String)>,
-}
-
-impl Lab {
-    fn new(ips: &[&str]) -> Lab {
-        let node = Netns::new("node");
-        node.exec(&format!(
-            "sysctl -qw net.ipv4.ip_forward=1 && ip addr add {NODE_IP}/32 dev lo"
-        ));
-        let mut endpoints = Vec::new();
-        for (i, ip) in ips.iter().enumerate() {
-            let ep = Netns::new("ep");
-            let veth = format!("pv{i}");
-            let mac = format!("02:00:00:00:00:{:02x}", i + 1);
-            node.exec(&format!(
-                "ip link add {veth} address {mac} type veth peer name eth0 netns {} && ip link set {veth} up && ip route add {ip}/32 dev {veth}",
-                ep.name
-            ));
-            ep.exec(&format!(
-                "ip addr add {ip}/32 dev eth0 && ip link set eth0 up && ip route add {GW} dev eth0 scope link && ip route add default via {GW} dev eth0 && ip neigh add {GW} lladdr {mac} dev eth0 nud permanent"
-            ));
-            endpoints.push((ep, ip.to_string()));
-        }
-        Lab { node, endpoints }
-    }
-
-    /// Echo servers on `ports` in every endpoint; they live until the process ends
-    /// (their namespaces, and so their sockets, go with the test).
-    fn serve(&self, ports: &[u16]) {
-        for (ep, _) in &self.endpoints {
-            let listeners: Vec<TcpListener> = ep.run(|| {
-                ports
-                    .iter()
-                    .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("bind"))
-                    .collect()
-            });
-            for l in listeners {
-                std::thread::spawn(move || {
-                    for mut s in l.incoming().flatten() {
-                        std::thread::spawn(move || {
-                            let mut buf = [0u8; 64];
-                            while let Ok(n) = s.read(&mut buf) {
-                                if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                });
-            }
-        }
-    }
-
-    fn connect(&self, from: usize, to: usize, port: u16) -> std::io::Result<TcpStream> {
-        let addr = SocketAddr::new(self.endpoints[to].1.parse().expect("ip"), port);
-        self.endpoints[from]
-            .0
-            .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
-    }
-}
-
 fn echoes(s: &mut TcpStream) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
     let mut b = [0u8; 1];
@@ -104,7 +37,7 @@ fn one_set(name: &str, ips: &[&str]) -> AddressSet {
 fn allow_ports(version: u64, a: &str, b: &str, ports: Vec<PortRange>) -> NodeRuleSet {
     mk_rule_set(
         version,
-        &[NODE_IP],
+        &[LAB_NODE_IP],
         vec![np_tier()],
         vec![one_set("a", &[a])],
         vec![mk_policy(
@@ -304,7 +237,7 @@ fn random_state(rng: &mut Rng, version: u64, ips: &[String], local: usize) -> No
         let ingress = lists.pop().unwrap_or_default();
         pods.push(mk_pod("ns", &format!("pod{i}"), &[ip], ingress, egress));
     }
-    mk_rule_set(version, &[NODE_IP], tiers, sets, policies, pods)
+    mk_rule_set(version, &[LAB_NODE_IP], tiers, sets, policies, pods)
 }
 
 #[test]
@@ -389,13 +322,13 @@ fn traffic_with_the_own_node_is_always_allowed() {
     lab.serve(&[7100]);
     let node_listener = lab
         .node
-        .run(|| TcpListener::bind((NODE_IP, 7100)).expect("bind on the node"));
+        .run(|| TcpListener::bind((LAB_NODE_IP, 7100)).expect("bind on the node"));
     std::thread::spawn(move || for _s in node_listener.incoming().flatten() {});
     let a = lab.endpoints[0].1.clone();
     // Pod a: isolated in both directions, nothing allowed.
     let state = mk_rule_set(
         1,
-        &[NODE_IP],
+        &[LAB_NODE_IP],
         vec![np_tier()],
         vec![],
         vec![mk_policy(
@@ -423,7 +356,7 @@ fn traffic_with_the_own_node_is_always_allowed() {
         },
     );
     lab.node.run(|| enforcer.apply(&state).expect("apply"));
-    let to_node = SocketAddr::new(NODE_IP.parse().expect("ip"), 7100);
+    let to_node = SocketAddr::new(LAB_NODE_IP.parse().expect("ip"), 7100);
     lab.endpoints[0]
         .0
         .run(|| TcpStream::connect_timeout(&to_node, Duration::from_secs(2)))

@@ -5,12 +5,13 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -285,6 +286,143 @@ pub fn sh(cmd: &str) -> String {
     text
 }
 
+/// A directory for one test's files (`<tmp>/palisade-<tag>-<pid>`, emptied
+/// first), removed on drop (also on panic).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("palisade-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The enforcer binary these tests (and the benches that include this module) run.
+pub const ENFORCER_BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
+
+/// A `palisade-enforcer run` in a namespace; its JSON lines arrive on `rx`.
+/// Killed on drop if it is still running (also on panic).
+pub struct Agent {
+    child: Child,
+    rx: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Agent {
+    /// Starts `palisade-enforcer run <args> --state <state>` in `ns`. With
+    /// `path_prefix`, that directory comes first in its `PATH` (tool wrappers).
+    pub fn start(ns: &Netns, state: &Path, args: &[&str], path_prefix: Option<&Path>) -> Agent {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let path = match path_prefix {
+            Some(p) => format!("{}:{path}", p.display()),
+            None => path,
+        };
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "env"])
+            .arg(format!("PATH={path}"))
+            .args([ENFORCER_BIN, "run"])
+            .args(args)
+            .arg("--state")
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn palisade-enforcer run");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        // Ends with the enforcer's stdout, or when the agent is gone.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Agent { child, rx }
+    }
+
+    /// Waits (at most 10 s) for the report of `version`; panics on an error
+    /// report before it.
+    pub fn applied(&self, version: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(v) if v["applied_version"] == version => return v,
+                Ok(v) if v.get("error").is_some() => panic!("enforcer error: {v}"),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("version {version} not applied within 10 s");
+    }
+
+    /// SIGTERM, then waits for the exit (at most 10 s).
+    pub fn terminate(mut self) -> ExitStatus {
+        // SAFETY: kill on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "enforcer did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `palisade-enforcer cleanup` in `ns`: our rules and sets gone; panics on failure.
+pub fn enforcer_cleanup(ns: &Netns) {
+    sh(&format!("ip netns exec {} {ENFORCER_BIN} cleanup", ns.name));
+}
+
+/// Admin tier (0): ingress from set 0 denied (rule `deny-blocked`), from set 1
+/// passed on (`pass-monitoring`).
+pub fn block_bad() -> CompiledPolicy {
+    mk_policy(
+        PolicyKind::ClusterNetworkPolicy,
+        None,
+        "block-bad",
+        0,
+        vec![
+            mk_named_rule(0, "deny-blocked", Action::Deny, vec![from_sets(&[0])]),
+            mk_named_rule(1, "pass-monitoring", Action::Pass, vec![from_sets(&[1])]),
+        ],
+        vec![],
+    )
+}
+
+/// Tier 1 (a user tier): ingress from set 2 accepted.
+pub fn trusted_only() -> CompiledPolicy {
+    mk_policy(
+        PolicyKind::TieredNetworkPolicy,
+        None,
+        "trusted-only",
+        1,
+        vec![mk_rule(0, Action::Accept, vec![from_sets(&[2])])],
+        vec![],
+    )
+}
+
 /// A small realistic state: two local pods, admin Deny/Pass, a user tier with
 /// default Deny, NetworkPolicies, baseline egress deny, IPv4 and IPv6 sets.
 /// `variant` changes policies and sets so that applies have something to remove.
@@ -314,25 +452,8 @@ pub fn sample_state(version: u64, variant: u8) -> NodeRuleSet {
         ),
     ];
     let mut policies = vec![
-        mk_policy(
-            PolicyKind::ClusterNetworkPolicy,
-            None,
-            "block-bad",
-            0,
-            vec![
-                mk_named_rule(0, "deny-blocked", Action::Deny, vec![from_sets(&[0])]),
-                mk_named_rule(1, "pass-monitoring", Action::Pass, vec![from_sets(&[1])]),
-            ],
-            vec![],
-        ),
-        mk_policy(
-            PolicyKind::TieredNetworkPolicy,
-            None,
-            "trusted-only",
-            1,
-            vec![mk_rule(0, Action::Accept, vec![from_sets(&[2])])],
-            vec![],
-        ),
+        block_bad(),
+        trusted_only(),
         mk_policy(
             PolicyKind::NetworkPolicy,
             Some("shop"),
