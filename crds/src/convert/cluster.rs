@@ -367,8 +367,7 @@ upstream_ingress_peer!(
 );
 upstream_egress_peer!(ClusterNetworkPolicyEgressPeer, AdminNetworkPolicyEgressPeer);
 
-/// TieredNetworkPolicy's peers have no unknown fields: its CRD is Palisade's own, so a field
-/// this version does not know cannot come from a newer one.
+/// TieredNetworkPolicy's peers keep no unknown fields, so they have none to report.
 impl UpstreamPeer for TieredNetworkPolicyIngressPeer {
     fn view(&self) -> PeerView<'_> {
         PeerView {
