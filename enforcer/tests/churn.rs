@@ -25,42 +25,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use palisade_enforcer::{ApplyOptions, Backend, Enforcer, NodeRuleSet};
-use palisade_policy::compiled::{AddressSet, CompiledPolicy, LocalPod, PortRange};
+use palisade_policy::compiled::{CompiledPolicy, LocalPod};
 use palisade_policy::model::{Action, DefaultAction, Family, PolicyKind};
 
 const A: usize = 0;
 const B: usize = 1;
 const C: usize = 2;
 const IPS: [&str; 3] = ["198.18.0.10", "198.18.0.11", "198.18.0.12"];
-
-fn hosts(name: &str, ips: &[String]) -> AddressSet {
-    let nets: Vec<String> = ips.iter().map(|i| format!("{i}/32")).collect();
-    let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
-    mk_set(name, Family::IPv4, &refs, &[])
-}
-
-/// B accepts A on `ports` (one NetworkPolicy); A and C are not isolated.
-fn b_accepts_a(version: u64, ports: Vec<PortRange>) -> NodeRuleSet {
-    mk_rule_set(
-        version,
-        &[LAB_NODE_IP],
-        vec![np_tier()],
-        vec![hosts("a", &[IPS[A].to_string()])],
-        vec![mk_policy(
-            PolicyKind::NetworkPolicy,
-            Some("ns"),
-            "b-from-a",
-            0,
-            vec![mk_rule(
-                0,
-                Action::Accept,
-                vec![mk_match(Some(vec![0]), Some(ports), None)],
-            )],
-            vec![],
-        )],
-        vec![mk_pod("ns", "b", &[IPS[B]], vec![tp(0, &[0])], vec![])],
-    )
-}
 
 /// The conntrack id of the node's entry for the TCP connection between these
 /// ports (either way round).
@@ -100,8 +71,13 @@ fn revocation_case(revoke: bool) {
     lab.serve(&[7001, 7002]);
     lab.serve_udp(&[7001]);
     lab.serve_push(&[7003], TICK, Duration::from_secs(10));
-    let before = b_accepts_a(1, vec![tcp(7001), udp(7001), tcp(7002), tcp(7003)]);
-    let after = b_accepts_a(2, vec![tcp(7002)]);
+    let before = b_accepts_a(
+        1,
+        IPS[A],
+        IPS[B],
+        vec![tcp(7001), udp(7001), tcp(7002), tcp(7003)],
+    );
+    let after = b_accepts_a(2, IPS[A], IPS[B], vec![tcp(7002)]);
     let mut enforcer = Enforcer::with_backend(
         Backend::Nft,
         ApplyOptions {
@@ -237,8 +213,8 @@ fn revoked_busy_udp_flows_stay_revoked() {
     let rounds = 25;
     let mut answers_before = 0;
     for i in 0..rounds {
-        let allow = b_accepts_a(2 * i + 1, vec![udp(7001), tcp(7002)]);
-        let deny = b_accepts_a(2 * i + 2, vec![tcp(7002)]);
+        let allow = b_accepts_a(2 * i + 1, IPS[A], IPS[B], vec![udp(7001), tcp(7002)]);
+        let deny = b_accepts_a(2 * i + 2, IPS[A], IPS[B], vec![tcp(7002)]);
         lab.node.run(|| enforcer.apply(&allow).expect("apply"));
         let flow = Echoes::udp(
             lab.udp(A, B, 7001),
@@ -412,8 +388,8 @@ fn churn_state(version: u64, variant: u32) -> NodeRuleSet {
     };
     let unrelated_refs: Vec<&str> = unrelated.iter().map(String::as_str).collect();
     let mut sets = vec![
-        hosts("peers-of-b", &a_set),
-        hosts("a-may-reach", &b_set),
+        host_set("peers-of-b", &a_set),
+        host_set("a-may-reach", &b_set),
         mk_set(
             "unrelated",
             Family::IPv4,
@@ -638,19 +614,9 @@ fn ours(lab: &Lab) -> (String, String) {
     lab.node.run(ours_here)
 }
 
-/// [`ours`] of the current thread's namespace.
+/// [`ours`] of the current thread's namespace (set members only).
 fn ours_here() -> (String, String) {
-    let (_, rules) = try_sh(
-        "(iptables-nft-save -t filter; ip6tables-nft-save -t filter) | grep -E '^-A .*PALISADE|^:PALISADE'",
-    );
-    let (_, sets) = try_sh("ipset save");
-    let mut sets: Vec<String> = sets
-        .lines()
-        .filter(|l| l.starts_with("add PAL-"))
-        .map(str::to_string)
-        .collect();
-    sets.sort();
-    (rules, sets.join("\n"))
+    our_rules_and_sets_here(&["add PAL-"])
 }
 
 #[test]

@@ -292,19 +292,9 @@ fn each_family_is_one_restore_transaction() {
     enforcer_cleanup(&lab.node);
 }
 
-/// Our rules (both families) and set members, in the current namespace.
+/// Our rules (both families), sets and set members, in the current namespace.
 fn ours_here() -> (String, String) {
-    let (_, rules) = try_sh(
-        "(iptables-nft-save -t filter; ip6tables-nft-save -t filter) | grep -E '^-A .*PALISADE|^:PALISADE'",
-    );
-    let (_, sets) = try_sh("ipset save");
-    let mut sets: Vec<String> = sets
-        .lines()
-        .filter(|l| l.starts_with("add PAL-") || l.starts_with("create PAL-"))
-        .map(str::to_string)
-        .collect();
-    sets.sort();
-    (rules, sets.join("\n"))
+    our_rules_and_sets_here(&["add PAL-", "create PAL-"])
 }
 
 #[test]

@@ -7,7 +7,7 @@ use common::*;
 use palisade_enforcer::{
     eval, parse_comment, render, Flow, NodeRuleSet, RenderOptions, Verdict, L4,
 };
-use palisade_policy::model::{Action, DefaultAction, Family, PolicyKind, Protocol};
+use palisade_policy::model::{Action, Family, PolicyKind, Protocol};
 
 fn golden(case: &str, rs: &NodeRuleSet, opts: RenderOptions) {
     let rendered = render(rs, &opts).expect("renders");
@@ -205,12 +205,7 @@ pub fn tiers() -> NodeRuleSet {
     mk_rule_set(
         5,
         &["192.0.2.1"],
-        vec![
-            admin(),
-            mk_tier("security", false, DefaultAction::Deny),
-            np_tier(),
-            baseline(),
-        ],
+        security_tiers(),
         vec![
             mk_set("blocked", Family::IPv4, &["10.66.0.0/16"], &[]),
             mk_set("monitoring", Family::IPv4, &["10.7.0.0/24"], &[]),
@@ -220,18 +215,7 @@ pub fn tiers() -> NodeRuleSet {
         vec![
             block_bad(),
             trusted_only(),
-            mk_policy(
-                PolicyKind::NetworkPolicy,
-                Some("shop"),
-                "front",
-                2,
-                vec![mk_rule(
-                    0,
-                    Action::Accept,
-                    vec![mk_match(Some(vec![3]), Some(vec![tcp(80)]), None)],
-                )],
-                vec![],
-            ),
+            shop_front(vec![3], vec![tcp(80)]),
             mk_policy(
                 PolicyKind::BaselineAdminNetworkPolicy,
                 None,
@@ -241,24 +225,7 @@ pub fn tiers() -> NodeRuleSet {
                 vec![mk_rule(0, Action::Deny, vec![any()])],
             ),
         ],
-        vec![
-            // admin, security (default deny), networkpolicy
-            mk_pod(
-                "shop",
-                "web-0",
-                &["10.1.0.2"],
-                vec![tp(0, &[0]), tp(1, &[1]), tp(2, &[2])],
-                vec![tp(3, &[3])],
-            ),
-            // admin, networkpolicy
-            mk_pod(
-                "shop",
-                "web-1",
-                &["10.1.0.3"],
-                vec![tp(0, &[0]), tp(2, &[2])],
-                vec![tp(3, &[3])],
-            ),
-        ],
+        shop_pods(&["10.1.0.2"]),
     )
 }
 

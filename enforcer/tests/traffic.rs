@@ -18,42 +18,13 @@ use common::*;
 use palisade_enforcer::{
     ApplyOptions, Backend, Enforcer, Evaluator, Flow, NodeRuleSet, Verdict, L4,
 };
-use palisade_policy::compiled::{AddressSet, CompiledPolicy, CompiledRule, LocalPod, PortRange};
+use palisade_policy::compiled::{CompiledPolicy, CompiledRule, LocalPod};
 use palisade_policy::model::{Action, DefaultAction, Family, PolicyKind, Protocol};
 
 fn echoes(s: &mut TcpStream) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
     let mut b = [0u8; 1];
     s.write_all(b"x").is_ok() && matches!(s.read(&mut b), Ok(1))
-}
-
-fn one_set(name: &str, ips: &[&str]) -> AddressSet {
-    let nets: Vec<String> = ips.iter().map(|i| format!("{i}/32")).collect();
-    let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
-    mk_set(name, Family::IPv4, &refs, &[])
-}
-
-/// B accepts A on `ports` (NetworkPolicy); A and C are not isolated.
-fn allow_ports(version: u64, a: &str, b: &str, ports: Vec<PortRange>) -> NodeRuleSet {
-    mk_rule_set(
-        version,
-        &[LAB_NODE_IP],
-        vec![np_tier()],
-        vec![one_set("a", &[a])],
-        vec![mk_policy(
-            PolicyKind::NetworkPolicy,
-            Some("ns"),
-            "b-from-a",
-            0,
-            vec![mk_rule(
-                0,
-                Action::Accept,
-                vec![mk_match(Some(vec![0]), Some(ports), None)],
-            )],
-            vec![],
-        )],
-        vec![mk_pod("ns", "b", &[b], vec![tp(0, &[0])], vec![])],
-    )
 }
 
 #[test]
@@ -64,8 +35,8 @@ fn revocation_cuts_only_newly_denied_connections() {
     let lab = Lab::new(&["198.18.0.10", "198.18.0.11"]);
     let (a, b) = (lab.endpoints[0].1.clone(), lab.endpoints[1].1.clone());
     lab.serve(&[7001, 7002]);
-    let both = allow_ports(1, &a, &b, vec![tcp(7001), tcp(7002)]);
-    let only_7002 = allow_ports(2, &a, &b, vec![tcp(7002)]);
+    let both = b_accepts_a(1, &a, &b, vec![tcp(7001), tcp(7002)]);
+    let only_7002 = b_accepts_a(2, &a, &b, vec![tcp(7002)]);
 
     for revoke in [true, false] {
         let opts = ApplyOptions {

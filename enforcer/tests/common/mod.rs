@@ -390,9 +390,37 @@ impl Drop for Agent {
     }
 }
 
+/// Our rules (chains and hooks, both families, as `iptables-save` prints them)
+/// and the lines of `ipset save` that start with one of `set_lines` (sorted), as
+/// the kernel of the current thread's namespace shows them right now.
+pub fn our_rules_and_sets_here(set_lines: &[&str]) -> (String, String) {
+    let (_, rules) = try_sh(
+        "(iptables-nft-save -t filter; ip6tables-nft-save -t filter) | grep -E '^-A .*PALISADE|^:PALISADE'",
+    );
+    let (_, sets) = try_sh("ipset save");
+    let mut sets: Vec<String> = sets
+        .lines()
+        .filter(|l| set_lines.iter().any(|p| l.starts_with(p)))
+        .map(str::to_string)
+        .collect();
+    sets.sort();
+    (rules, sets.join("\n"))
+}
+
 /// `palisade-enforcer cleanup` in `ns`: our rules and sets gone; panics on failure.
 pub fn enforcer_cleanup(ns: &Netns) {
     sh(&format!("ip netns exec {} {ENFORCER_BIN} cleanup", ns.name));
+}
+
+/// Tiers 0 to 3: admin, a user tier `security` with defaultAction Deny, the
+/// NetworkPolicy tier and baseline.
+pub fn security_tiers() -> Vec<CompiledTier> {
+    vec![
+        admin(),
+        mk_tier("security", false, DefaultAction::Deny),
+        np_tier(),
+        baseline(),
+    ]
 }
 
 /// Admin tier (0): ingress from set 0 denied (rule `deny-blocked`), from set 1
@@ -423,17 +451,49 @@ pub fn trusted_only() -> CompiledPolicy {
     )
 }
 
+/// NetworkPolicy tier (2): shop/front accepts ingress from `peers` on `ports`.
+pub fn shop_front(peers: Vec<usize>, ports: Vec<PortRange>) -> CompiledPolicy {
+    mk_policy(
+        PolicyKind::NetworkPolicy,
+        Some("shop"),
+        "front",
+        2,
+        vec![mk_rule(
+            0,
+            Action::Accept,
+            vec![mk_match(Some(peers), Some(ports), None)],
+        )],
+        vec![],
+    )
+}
+
+/// Pods shop/web-0 (at `web0_ips`; ingress: admin, security, networkpolicy) and
+/// shop/web-1 (10.1.0.3; ingress: admin, networkpolicy), each policy `i` of tier
+/// `i`; both with policy 3 of tier 3 for egress.
+pub fn shop_pods(web0_ips: &[&str]) -> Vec<LocalPod> {
+    vec![
+        mk_pod(
+            "shop",
+            "web-0",
+            web0_ips,
+            vec![tp(0, &[0]), tp(1, &[1]), tp(2, &[2])],
+            vec![tp(3, &[3])],
+        ),
+        mk_pod(
+            "shop",
+            "web-1",
+            &["10.1.0.3"],
+            vec![tp(0, &[0]), tp(2, &[2])],
+            vec![tp(3, &[3])],
+        ),
+    ]
+}
+
 /// A small realistic state: two local pods, admin Deny/Pass, a user tier with
 /// default Deny, NetworkPolicies, baseline egress deny, IPv4 and IPv6 sets.
 /// `variant` changes policies and sets so that applies have something to remove.
 pub fn sample_state(version: u64, variant: u8) -> NodeRuleSet {
-    use palisade_policy::model::{Action, DefaultAction};
-    let mut tiers = vec![
-        admin(),
-        mk_tier("security", false, DefaultAction::Deny),
-        np_tier(),
-        baseline(),
-    ];
+    let mut tiers = security_tiers();
     let mut sets = vec![
         mk_set("blocked", Family::IPv4, &["10.66.0.0/16"], &[]),
         mk_set("monitoring", Family::IPv4, &["10.7.0.0/24"], &[]),
@@ -454,22 +514,7 @@ pub fn sample_state(version: u64, variant: u8) -> NodeRuleSet {
     let mut policies = vec![
         block_bad(),
         trusted_only(),
-        mk_policy(
-            PolicyKind::NetworkPolicy,
-            Some("shop"),
-            "front",
-            2,
-            vec![mk_rule(
-                0,
-                Action::Accept,
-                vec![mk_match(
-                    Some(vec![3, 4]),
-                    Some(vec![tcp(80), range(Protocol::Tcp, 8000, 8100)]),
-                    None,
-                )],
-            )],
-            vec![],
-        ),
+        shop_front(vec![3, 4], vec![tcp(80), range(Protocol::Tcp, 8000, 8100)]),
         mk_policy(
             PolicyKind::BaselineAdminNetworkPolicy,
             None,
@@ -483,22 +528,7 @@ pub fn sample_state(version: u64, variant: u8) -> NodeRuleSet {
             )],
         ),
     ];
-    let mut pods = vec![
-        mk_pod(
-            "shop",
-            "web-0",
-            &["10.1.0.2", "fd00:1::2"],
-            vec![tp(0, &[0]), tp(1, &[1]), tp(2, &[2])],
-            vec![tp(3, &[3])],
-        ),
-        mk_pod(
-            "shop",
-            "web-1",
-            &["10.1.0.3"],
-            vec![tp(0, &[0]), tp(2, &[2])],
-            vec![tp(3, &[3])],
-        ),
-    ];
+    let mut pods = shop_pods(&["10.1.0.2", "fd00:1::2"]);
     if variant == 1 {
         // Drop the security tier and the trusted set, move web-1 to a new policy.
         tiers.remove(1);
@@ -684,6 +714,37 @@ impl Lab {
             s
         })
     }
+}
+
+/// An IPv4 set of single hosts (each address as a /32).
+pub fn host_set<S: AsRef<str>>(name: &str, ips: &[S]) -> AddressSet {
+    let nets: Vec<String> = ips.iter().map(|i| format!("{}/32", i.as_ref())).collect();
+    let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
+    mk_set(name, Family::IPv4, &refs, &[])
+}
+
+/// For a [`Lab`]: pod ns/b (at `b`) accepts `a` on `ports` (one NetworkPolicy,
+/// ns/b-from-a, its peers in set `a`); nothing else is isolated.
+pub fn b_accepts_a(version: u64, a: &str, b: &str, ports: Vec<PortRange>) -> NodeRuleSet {
+    mk_rule_set(
+        version,
+        &[LAB_NODE_IP],
+        vec![np_tier()],
+        vec![host_set("a", &[a])],
+        vec![mk_policy(
+            PolicyKind::NetworkPolicy,
+            Some("ns"),
+            "b-from-a",
+            0,
+            vec![mk_rule(
+                0,
+                Action::Accept,
+                vec![mk_match(Some(vec![0]), Some(ports), None)],
+            )],
+            vec![],
+        )],
+        vec![mk_pod("ns", "b", &[b], vec![tp(0, &[0])], vec![])],
+    )
 }
 
 /// A long-lived flow watched from its client side, on its own thread: every
