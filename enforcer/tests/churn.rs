@@ -78,14 +78,7 @@ fn revocation_case(revoke: bool) {
         vec![tcp(7001), udp(7001), tcp(7002), tcp(7003)],
     );
     let after = b_accepts_a(2, IPS[A], IPS[B], vec![tcp(7002)]);
-    let mut enforcer = Enforcer::with_backend(
-        Backend::Nft,
-        ApplyOptions {
-            reject: false,
-            revoke,
-            ..ApplyOptions::default()
-        },
-    );
+    let mut enforcer = nft_enforcer(false, revoke);
     lab.node.run(|| enforcer.apply(&before).expect("apply"));
 
     let limit = Duration::from_secs(6);

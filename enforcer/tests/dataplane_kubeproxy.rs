@@ -76,6 +76,66 @@ fn state(a: &DsPod, friend: &DsPod) -> NodeRuleSet {
     )
 }
 
+/// A dual-stack node with pods a and friend and an outside client (no pod,
+/// routed through the node like the rest) at `198.18.<net>.10/20/30` and
+/// `2001:2::<net>:10/20/30`, each serving its name on 8080, and the enforcer
+/// running there with [`state`] applied. The directory holds its state file.
+fn programmed_lab(net: u8, tag: &str) -> (DsLab, TempDir, Agent) {
+    let addrs: Vec<(String, String)> = [10, 20, 30]
+        .iter()
+        .map(|host| {
+            (
+                format!("198.18.{net}.{host}"),
+                format!("2001:2::{net}:{host}"),
+            )
+        })
+        .collect();
+    let lab = DsLab::new(
+        &[
+            ("a", Some(addrs[0].0.as_str()), Some(addrs[0].1.as_str())),
+            (
+                "friend",
+                Some(addrs[1].0.as_str()),
+                Some(addrs[1].1.as_str()),
+            ),
+            (
+                "client",
+                Some(addrs[2].0.as_str()),
+                Some(addrs[2].1.as_str()),
+            ),
+        ],
+        Neigh::Static,
+    );
+    lab.serve_names(PORT);
+    let dir = TempDir::new(tag);
+    let path = dir.0.join("state.json");
+    let state = state(lab.pod("a"), lab.pod("friend"));
+    std::fs::write(&path, serde_json::to_vec(&state).expect("json")).expect("write");
+    let agent = Agent::start(&lab.node, &path, ARGS, None);
+    agent.applied(1);
+    (lab, dir, agent)
+}
+
+/// Runs `cmd args` in `node` with `text` on its standard input; panics unless it
+/// succeeds.
+fn load(node: &Netns, cmd: &str, args: &[&str], text: &str) {
+    node.run(|| {
+        let mut child = Command::new(cmd)
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        assert!(child.wait().expect("wait").success(), "{text}");
+    });
+}
+
 /// kube-proxy's rules for NodePort 30080 → a:8080 (one family), its filter jump
 /// prepended to FORWARD.
 fn kube_proxy(a: &DsPod, v6: bool) -> String {
@@ -125,22 +185,8 @@ fn kube_proxy_prepending_its_forward_jump_never_bypasses_policies() {
     if !can_netns("kube-proxy forward order") {
         return;
     }
-    let lab = DsLab::new(
-        &[
-            ("a", Some("198.18.6.10"), Some("2001:2::6:10")),
-            ("friend", Some("198.18.6.20"), Some("2001:2::6:20")),
-            // An outside client: no pod, routed through the node like the rest.
-            ("client", Some("198.18.6.30"), Some("2001:2::6:30")),
-        ],
-        Neigh::Static,
-    );
-    lab.serve_names(PORT);
+    let (lab, _dir, agent) = programmed_lab(6, "kp");
     let (a, friend, client) = (lab.pod("a"), lab.pod("friend"), lab.pod("client"));
-    let dir = TempDir::new("kp");
-    let path = dir.0.join("state.json");
-    std::fs::write(&path, serde_json::to_vec(&state(a, friend)).expect("json")).expect("write");
-    let agent = Agent::start(&lab.node, &path, ARGS, None);
-    agent.applied(1);
 
     let wait = Duration::from_millis(500);
     for v6 in [false, true] {
@@ -156,22 +202,12 @@ fn kube_proxy_prepending_its_forward_jump_never_bypasses_policies() {
         } else {
             "iptables-nft-restore"
         };
-        let text = kube_proxy(a, v6);
-        lab.node.run(|| {
-            let mut child = Command::new(tool)
-                .args(["--noflush", "-w", "10"])
-                .stdin(Stdio::piped())
-                .spawn()
-                .expect("restore");
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write");
-            assert!(child.wait().expect("wait").success(), "{text}");
-        });
+        load(
+            &lab.node,
+            tool,
+            &["--noflush", "-w", "10"],
+            &kube_proxy(a, v6),
+        );
         assert!(first_forward_rule(&lab.node, v6).contains("KUBE-FORWARD"));
     }
     // Within a hook check (200 ms here), Palisade's jump is first again.
@@ -260,38 +296,10 @@ fn kube_proxy_nftables_mode_cannot_bypass_policies() {
     if !can_netns("kube-proxy nftables mode") {
         return;
     }
-    let lab = DsLab::new(
-        &[
-            ("a", Some("198.18.7.10"), Some("2001:2::7:10")),
-            ("friend", Some("198.18.7.20"), Some("2001:2::7:20")),
-            ("client", Some("198.18.7.30"), Some("2001:2::7:30")),
-        ],
-        Neigh::Static,
-    );
-    lab.serve_names(PORT);
+    let (lab, _dir, agent) = programmed_lab(7, "kpnft");
     let (a, friend, client) = (lab.pod("a"), lab.pod("friend"), lab.pod("client"));
-    let dir = TempDir::new("kpnft");
-    let path = dir.0.join("state.json");
-    std::fs::write(&path, serde_json::to_vec(&state(a, friend)).expect("json")).expect("write");
-    let agent = Agent::start(&lab.node, &path, ARGS, None);
-    agent.applied(1);
     for v6 in [false, true] {
-        let text = kube_proxy_nft(a, v6);
-        lab.node.run(|| {
-            let mut child = Command::new("nft")
-                .args(["-f", "-"])
-                .stdin(Stdio::piped())
-                .spawn()
-                .expect("nft");
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write");
-            assert!(child.wait().expect("wait").success(), "{text}");
-        });
+        load(&lab.node, "nft", &["-f", "-"], &kube_proxy_nft(a, v6));
     }
     let wait = Duration::from_millis(500);
     for v6 in [false, true] {

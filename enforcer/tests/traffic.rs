@@ -15,9 +15,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::*;
-use palisade_enforcer::{
-    ApplyOptions, Backend, Enforcer, Evaluator, Flow, NodeRuleSet, Verdict, L4,
-};
+use palisade_enforcer::{Evaluator, Flow, NodeRuleSet, Verdict, L4};
 use palisade_policy::compiled::{CompiledPolicy, CompiledRule, LocalPod};
 use palisade_policy::model::{Action, DefaultAction, Family, PolicyKind, Protocol};
 
@@ -39,12 +37,7 @@ fn revocation_cuts_only_newly_denied_connections() {
     let only_7002 = b_accepts_a(2, &a, &b, vec![tcp(7002)]);
 
     for revoke in [true, false] {
-        let opts = ApplyOptions {
-            reject: false,
-            revoke,
-            ..ApplyOptions::default()
-        };
-        let mut enforcer = Enforcer::with_backend(Backend::Nft, opts);
+        let mut enforcer = nft_enforcer(false, revoke);
         lab.node.run(|| enforcer.apply(&both).expect("apply both"));
         let mut c1 = lab.connect(0, 1, 7001).expect("7001 allowed");
         let mut c2 = lab.connect(0, 1, 7002).expect("7002 allowed");
@@ -229,14 +222,7 @@ fn eval_matches_the_kernel() {
     lab.serve(&PORTS);
     let ips: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut enforcer = Enforcer::with_backend(
-        Backend::Nft,
-        ApplyOptions {
-            reject: true,
-            revoke: true,
-            ..ApplyOptions::default()
-        },
-    );
+    let mut enforcer = nft_enforcer(true, true);
     let rounds = 24;
     let mut denied = 0;
     let mut checked = 0;
@@ -318,14 +304,7 @@ fn traffic_with_the_own_node_is_always_allowed() {
             vec![tp(0, &[0])],
         )],
     );
-    let mut enforcer = Enforcer::with_backend(
-        Backend::Nft,
-        ApplyOptions {
-            reject: true,
-            revoke: true,
-            ..ApplyOptions::default()
-        },
-    );
+    let mut enforcer = nft_enforcer(true, true);
     lab.node.run(|| enforcer.apply(&state).expect("apply"));
     let to_node = SocketAddr::new(LAB_NODE_IP.parse().expect("ip"), 7100);
     lab.endpoints[0]

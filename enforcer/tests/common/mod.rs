@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use palisade_enforcer::{ApplyOptions, Backend, Enforcer};
 use palisade_policy::compiled::{
     AddressSet, CompiledPolicy, CompiledRule, CompiledTier, LocalPod, NodeRuleSet, PortRange,
     RuleMatch, TierPolicies, FORMAT_VERSION,
@@ -608,34 +609,35 @@ impl Lab {
     /// which ends with the connection). They live until the process ends (their
     /// namespaces, and so their sockets, go with the test).
     pub fn serve(&self, ports: &[u16]) {
-        for (ep, _) in &self.endpoints {
-            let listeners: Vec<TcpListener> = ep.run(|| {
-                ports
-                    .iter()
-                    .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("bind"))
-                    .collect()
-            });
-            for l in listeners {
-                std::thread::spawn(move || {
-                    for mut s in l.incoming().flatten() {
-                        std::thread::spawn(move || {
-                            let mut buf = [0u8; 64];
-                            while let Ok(n) = s.read(&mut buf) {
-                                if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                });
+        self.serve_tcp(ports, |mut s| {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
             }
-        }
+        });
     }
 
     /// TCP servers on `ports` in every endpoint that push one byte every `every` to
     /// each client, unprompted (a download, a stream of events), for at most
     /// `limit` per connection or until the client goes away.
     pub fn serve_push(&self, ports: &[u16], every: Duration, limit: Duration) {
+        self.serve_tcp(ports, move |mut s| {
+            let start = Instant::now();
+            let max = (limit.as_millis() / every.as_millis().max(1)) as usize;
+            for _ in 0..max {
+                if start.elapsed() >= limit || s.write_all(b"p").is_err() {
+                    break;
+                }
+                std::thread::sleep(every);
+            }
+        });
+    }
+
+    /// Listens on `ports` in every endpoint and runs `handle` on a thread of its
+    /// own for each connection accepted, until the process ends.
+    fn serve_tcp(&self, ports: &[u16], handle: impl Fn(TcpStream) + Copy + Send + 'static) {
         for (ep, _) in &self.endpoints {
             let listeners: Vec<TcpListener> = ep.run(|| {
                 ports
@@ -645,17 +647,8 @@ impl Lab {
             });
             for l in listeners {
                 std::thread::spawn(move || {
-                    for mut s in l.incoming().flatten() {
-                        std::thread::spawn(move || {
-                            let start = Instant::now();
-                            let max = (limit.as_millis() / every.as_millis().max(1)) as usize;
-                            for _ in 0..max {
-                                if start.elapsed() >= limit || s.write_all(b"p").is_err() {
-                                    break;
-                                }
-                                std::thread::sleep(every);
-                            }
-                        });
+                    for s in l.incoming().flatten() {
+                        std::thread::spawn(move || handle(s));
                     }
                 });
             }
@@ -714,6 +707,19 @@ impl Lab {
             s
         })
     }
+}
+
+/// An enforcer on the nft backend; `reject`, `revoke` as given, the rest of the
+/// options their defaults.
+pub fn nft_enforcer(reject: bool, revoke: bool) -> Enforcer {
+    Enforcer::with_backend(
+        Backend::Nft,
+        ApplyOptions {
+            reject,
+            revoke,
+            ..ApplyOptions::default()
+        },
+    )
 }
 
 /// An IPv4 set of single hosts (each address as a /32).
