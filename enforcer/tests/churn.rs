@@ -336,6 +336,129 @@ impl Drop for Prober {
     }
 }
 
+/// What both churn tests watch while the rules change: an established echo
+/// connection A→B:8081 (and its conntrack entry), new connections A→B:8080
+/// (allowed), C→B:8080 and A→B:8082 (denied).
+struct Watch {
+    established: Echoes,
+    est_port: u16,
+    est_id: String,
+    allowed: Prober,
+    denied_c: Prober,
+    denied_port: Prober,
+}
+
+/// What a [`Watch`] saw.
+struct Watched {
+    allowed: Probed,
+    denied_c: Probed,
+    denied_port: Probed,
+    est_count: usize,
+    est_gap: Duration,
+    est_end: String,
+    est_port: u16,
+    est_id: String,
+}
+
+impl Watch {
+    /// Starts it all (B serves 8080 to 8082), waits `settle` for the first
+    /// probes, then notes the established connection's conntrack id.
+    fn start(lab: &Lab, settle: Duration) -> Watch {
+        let est_stream = lab.connect(A, B, 8081).expect("8081");
+        let est_port = est_stream.local_addr().expect("addr").port();
+        let established = Echoes::tcp(est_stream, Duration::from_millis(10), PROBE_LIMIT);
+        let allowed = Prober::allowed(lab, A, B, 8080);
+        let denied_c = Prober::denied(lab, C, B, 8080, Duration::from_millis(30));
+        let denied_port = Prober::denied(lab, A, B, 8082, Duration::from_millis(30));
+        std::thread::sleep(settle);
+        let est_id = ct_id(lab, est_port, 8081).expect("conntrack entry of 8081");
+        Watch {
+            established,
+            est_port,
+            est_id,
+            allowed,
+            denied_c,
+            denied_port,
+        }
+    }
+
+    /// Stops it all; the established connection's echoes and longest gap are
+    /// those between `start` and `end`.
+    fn finish(self, start: Instant, end: Instant) -> Watched {
+        let allowed = self.allowed.finish();
+        let denied_c = self.denied_c.finish();
+        let denied_port = self.denied_port.finish();
+        let est_gap = self.established.max_gap(start, end);
+        let est_count = self.established.after(start);
+        let est_end = self.established.stop();
+        Watched {
+            allowed,
+            denied_c,
+            denied_port,
+            est_count,
+            est_gap,
+            est_end,
+            est_port: self.est_port,
+            est_id: self.est_id,
+        }
+    }
+}
+
+impl Watched {
+    /// The numbers, for the log.
+    fn summary(&self) -> String {
+        format!(
+            "allowed probes {} ({} failed), denied probes C→B {} + A→B:8082 {} ({} + {} connected), \
+             established connection: {} echoes, longest gap {}",
+            self.allowed.made,
+            self.allowed.failures.len(),
+            self.denied_c.made,
+            self.denied_port.made,
+            self.denied_c.failures.len(),
+            self.denied_port.failures.len(),
+            self.est_count,
+            ms(self.est_gap),
+        )
+    }
+
+    /// Nothing broke: every allowed probe got through and no denied one did (at
+    /// least `min_allowed` and `min_denied` of each made), and the established
+    /// connection never stalled for 500 ms and kept its conntrack entry.
+    fn check(&self, lab: &Lab, min_allowed: usize, min_denied: usize) {
+        assert!(
+            self.allowed.failures.is_empty(),
+            "{:?}",
+            self.allowed.failures
+        );
+        assert!(
+            self.denied_c.failures.is_empty(),
+            "{:?}",
+            self.denied_c.failures
+        );
+        assert!(
+            self.denied_port.failures.is_empty(),
+            "{:?}",
+            self.denied_port.failures
+        );
+        assert!(
+            self.allowed.made >= min_allowed
+                && self.denied_c.made >= min_denied
+                && self.denied_port.made >= min_denied
+        );
+        assert_eq!(self.est_end, "stopped", "the established connection broke");
+        assert!(
+            self.est_gap < Duration::from_millis(500),
+            "established connection stalled for {}",
+            ms(self.est_gap)
+        );
+        assert_eq!(
+            ct_id(lab, self.est_port, 8081).as_deref(),
+            Some(self.est_id.as_str()),
+            "the established connection's conntrack entry was replaced"
+        );
+    }
+}
+
 /// The churn states: B accepts A on 8080 and 8081 (never C, never 8082); A is
 /// isolated for egress and may reach B; C is not isolated. Each bit of `variant`
 /// changes something unrelated to those flows:
@@ -524,14 +647,7 @@ fn rules_rewritten_200_times_under_traffic() {
     lab.node
         .run(|| enforcer.apply(&churn_state(1, 0)).expect("apply"));
 
-    let est_stream = lab.connect(A, B, 8081).expect("8081");
-    let est_port = est_stream.local_addr().expect("addr").port();
-    let established = Echoes::tcp(est_stream, Duration::from_millis(10), PROBE_LIMIT);
-    let allowed = Prober::allowed(&lab, A, B, 8080);
-    let denied_c = Prober::denied(&lab, C, B, 8080, Duration::from_millis(30));
-    let denied_port = Prober::denied(&lab, A, B, 8082, Duration::from_millis(30));
-    std::thread::sleep(Duration::from_millis(100));
-    let est_id = ct_id(&lab, est_port, 8081).expect("conntrack entry of 8081");
+    let watch = Watch::start(&lab, Duration::from_millis(100));
 
     let start = Instant::now();
     let mut revoked = 0;
@@ -557,48 +673,17 @@ fn rules_rewritten_200_times_under_traffic() {
     std::thread::sleep(Duration::from_millis(100));
     let end = Instant::now();
 
-    let allowed = allowed.finish();
-    let denied_c = denied_c.finish();
-    let denied_port = denied_port.finish();
-    let est_gap = established.max_gap(start, end);
-    let est_count = established.after(start);
-    let est_end = established.stop();
+    let watched = watch.finish(start, end);
     eprintln!(
-        "{rounds} applies in {} ({} each on average, slowest {}), {changes} changed something; \
-         allowed probes {} ({} failed), denied probes C→B {} + A→B:8082 {} ({} + {} connected), \
-         established connection: {est_count} echoes, longest gap {}",
+        "{rounds} applies in {} ({} each on average, slowest {}), {changes} changed something; {}",
         ms(churn),
         ms(churn / rounds),
         ms(slowest),
-        allowed.made,
-        allowed.failures.len(),
-        denied_c.made,
-        denied_port.made,
-        denied_c.failures.len(),
-        denied_port.failures.len(),
-        ms(est_gap),
+        watched.summary(),
     );
     assert_eq!(changes, rounds, "every rewrite changed the kernel");
     assert_eq!(revoked, 0, "nothing was ever revoked");
-    assert!(allowed.failures.is_empty(), "{:?}", allowed.failures);
-    assert!(denied_c.failures.is_empty(), "{:?}", denied_c.failures);
-    assert!(
-        denied_port.failures.is_empty(),
-        "{:?}",
-        denied_port.failures
-    );
-    assert!(allowed.made >= 100 && denied_c.made >= 20 && denied_port.made >= 20);
-    assert_eq!(est_end, "stopped", "the established connection broke");
-    assert!(
-        est_gap < Duration::from_millis(500),
-        "established connection stalled for {}",
-        ms(est_gap)
-    );
-    assert_eq!(
-        ct_id(&lab, est_port, 8081).as_deref(),
-        Some(est_id.as_str()),
-        "the established connection's conntrack entry was replaced"
-    );
+    watched.check(&lab, 100, 20);
 }
 
 /// Our rules (chains and hooks, both families) and our sets with their members,
@@ -656,14 +741,7 @@ fn enforcer_restart_leaves_no_gap() {
             (samples, differing)
         })
     };
-    let est_stream = lab.connect(A, B, 8081).expect("8081");
-    let est_port = est_stream.local_addr().expect("addr").port();
-    let established = Echoes::tcp(est_stream, Duration::from_millis(10), PROBE_LIMIT);
-    let allowed = Prober::allowed(&lab, A, B, 8080);
-    let denied_c = Prober::denied(&lab, C, B, 8080, Duration::from_millis(30));
-    let denied_port = Prober::denied(&lab, A, B, 8082, Duration::from_millis(30));
-    std::thread::sleep(Duration::from_millis(300));
-    let est_id = ct_id(&lab, est_port, 8081).expect("conntrack entry of 8081");
+    let watch = Watch::start(&lab, Duration::from_millis(300));
 
     let start = Instant::now();
     let status = first.terminate();
@@ -679,55 +757,26 @@ fn enforcer_restart_leaves_no_gap() {
 
     stop.store(true, Ordering::Relaxed);
     let (samples, differing) = sampler.join().expect("sampler");
-    let allowed = allowed.finish();
-    let denied_c = denied_c.finish();
-    let denied_port = denied_port.finish();
-    let est_gap = established.max_gap(start, end);
-    let est_end = established.stop();
+    let watched = watch.finish(start, end);
     let status = second.terminate();
     eprintln!(
         "first run stopped {} after SIGTERM; second run applied {} after it started \
          ({} chains rewritten, {} sets created, {} revoked); {samples} samples of the rules, \
-         {} differing; allowed probes {} ({} failed), denied probes {} + {} ({} + {} connected), \
-         established connection's longest gap {}",
+         {} differing; {}",
         ms(stopped),
         ms(reapplied),
         report["chains_written"],
         report["sets_created"],
         report["revoked"],
         differing.len(),
-        allowed.made,
-        allowed.failures.len(),
-        denied_c.made,
-        denied_port.made,
-        denied_c.failures.len(),
-        denied_port.failures.len(),
-        ms(est_gap)
+        watched.summary(),
     );
     assert!(status.success(), "{status}");
     assert!(samples >= 20, "only {samples} samples");
     assert!(differing.is_empty(), "{differing:?}");
     assert_eq!(report["sets_created"], 0, "{report}");
     assert_eq!(report["revoked"], 0, "{report}");
-    assert!(allowed.failures.is_empty(), "{:?}", allowed.failures);
-    assert!(denied_c.failures.is_empty(), "{:?}", denied_c.failures);
-    assert!(
-        denied_port.failures.is_empty(),
-        "{:?}",
-        denied_port.failures
-    );
-    assert!(allowed.made >= 50 && denied_c.made >= 10 && denied_port.made >= 10);
-    assert_eq!(est_end, "stopped", "the established connection broke");
-    assert!(
-        est_gap < Duration::from_millis(500),
-        "established connection stalled for {}",
-        ms(est_gap)
-    );
-    assert_eq!(
-        ct_id(&lab, est_port, 8081).as_deref(),
-        Some(est_id.as_str()),
-        "the established connection's conntrack entry was replaced"
-    );
+    watched.check(&lab, 50, 10);
     assert_eq!(
         ours(&lab),
         (rules, sets),
