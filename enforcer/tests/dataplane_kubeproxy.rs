@@ -116,6 +116,35 @@ fn programmed_lab(net: u8, tag: &str) -> (DsLab, TempDir, Agent) {
     (lab, dir, agent)
 }
 
+/// Three times in each family: the client is refused through the NodePort (and,
+/// with `direct`, at a itself); the friend gets through the NodePort to a.
+fn node_port_obeys_the_policy(lab: &DsLab, direct: bool) {
+    let (a, friend, client) = (lab.pod("a"), lab.pod("friend"), lab.pod("client"));
+    let wait = Duration::from_millis(500);
+    for v6 in [false, true] {
+        let node_ip: std::net::IpAddr = if v6 { NODE_V6 } else { NODE_V4 }.parse().expect("ip");
+        let through_node_port = sa(node_ip, NODE_PORT);
+        for _ in 0..3 {
+            assert_eq!(
+                tcp_probe(&client.ns, through_node_port, wait),
+                Seen::TimedOut,
+                "v6 {v6}: the client reached a through the NodePort"
+            );
+            if direct {
+                assert_eq!(
+                    tcp_probe(&client.ns, sa(a.ip(v6), PORT), wait),
+                    Seen::TimedOut
+                );
+            }
+            assert_eq!(
+                tcp_probe(&friend.ns, through_node_port, wait),
+                Seen::Name("a".into()),
+                "v6 {v6}: the friend through the NodePort"
+            );
+        }
+    }
+}
+
 /// Runs `cmd args` in `node` with `text` on its standard input; panics unless it
 /// succeeds.
 fn load(node: &Netns, cmd: &str, args: &[&str], text: &str) {
@@ -240,28 +269,9 @@ fn kube_proxy_prepending_its_forward_jump_never_bypasses_policies() {
             "kube-proxy's jump kept: {listing}"
         );
     }
-    for v6 in [false, true] {
-        let node_ip: std::net::IpAddr = if v6 { NODE_V6 } else { NODE_V4 }.parse().expect("ip");
-        let through_node_port = sa(node_ip, NODE_PORT);
-        for _ in 0..3 {
-            // The NodePort DNATs to a and marks for masquerade: KUBE-FORWARD would
-            // ACCEPT it; Palisade, first, refuses the client as a's policy says.
-            assert_eq!(
-                tcp_probe(&client.ns, through_node_port, wait),
-                Seen::TimedOut,
-                "v6 {v6}: the client reached a through the NodePort"
-            );
-            assert_eq!(
-                tcp_probe(&client.ns, sa(a.ip(v6), PORT), wait),
-                Seen::TimedOut
-            );
-            assert_eq!(
-                tcp_probe(&friend.ns, through_node_port, wait),
-                Seen::Name("a".into()),
-                "v6 {v6}: the friend through the NodePort"
-            );
-        }
-    }
+    // The NodePort DNATs to a and marks for masquerade: KUBE-FORWARD would ACCEPT
+    // it; Palisade, first, refuses the client as a's policy says.
+    node_port_obeys_the_policy(&lab, true);
     agent.terminate();
     enforcer_cleanup(&lab.node);
 }
@@ -297,27 +307,11 @@ fn kube_proxy_nftables_mode_cannot_bypass_policies() {
         return;
     }
     let (lab, _dir, agent) = programmed_lab(7, "kpnft");
-    let (a, friend, client) = (lab.pod("a"), lab.pod("friend"), lab.pod("client"));
+    let a = lab.pod("a");
     for v6 in [false, true] {
         load(&lab.node, "nft", &["-f", "-"], &kube_proxy_nft(a, v6));
     }
-    let wait = Duration::from_millis(500);
-    for v6 in [false, true] {
-        let node_ip: std::net::IpAddr = if v6 { NODE_V6 } else { NODE_V4 }.parse().expect("ip");
-        let through_node_port = sa(node_ip, NODE_PORT);
-        for _ in 0..3 {
-            assert_eq!(
-                tcp_probe(&client.ns, through_node_port, wait),
-                Seen::TimedOut,
-                "v6 {v6}: the client reached a through the NodePort"
-            );
-            assert_eq!(
-                tcp_probe(&friend.ns, through_node_port, wait),
-                Seen::Name("a".into()),
-                "v6 {v6}: the friend through the NodePort"
-            );
-        }
-    }
+    node_port_obeys_the_policy(&lab, false);
     // The DNAT happened (the friend's connections went through kube-proxy's
     // table): its chain counted them.
     let ruleset = lab.node.exec("nft list table ip kube-proxy");
