@@ -538,6 +538,35 @@ pub fn detect_backend() -> Backend {
     }
 }
 
+/// Where the kernel reads the slots a new network namespace's table of ipsets starts
+/// with (0: its default, 256).
+pub const IPSET_MAX_SETS_PARAM: &str = "/sys/module/ip_set/parameters/max_sets";
+
+/// The kernel's default number of slots (`CONFIG_IP_SET_MAX`).
+const IPSET_DEFAULT_SLOTS: usize = 256;
+
+/// A hint when an apply created more sets than a table of the size `max_sets_param`
+/// (the parameter's text, `None` when unreadable) starts with: the kernel grows the
+/// table 64 slots at a time, one RCU grace period each, the first time a namespace
+/// holds that many sets, which is most of a first program's time on a big node.
+/// `None` when the table starts large enough.
+pub fn ipset_table_hint(sets_created: usize, max_sets_param: Option<&str>) -> Option<String> {
+    let configured = max_sets_param.and_then(|t| t.trim().parse::<usize>().ok());
+    let slots = match configured {
+        Some(0) | None => IPSET_DEFAULT_SLOTS,
+        Some(n) => n,
+    };
+    (sets_created > slots).then(|| {
+        format!(
+            "{sets_created} ipsets created where the kernel's table of sets starts with {slots} slots \
+             (ip_set max_sets {}): the kernel grows such a table 64 slots at a time, about 10 ms \
+             per step, the first time a namespace holds that many sets; load ip_set with max_sets={} to program such a node faster after boot (README, \"Node tuning\")",
+            configured.map_or("unreadable".to_string(), |n| n.to_string()),
+            sets_created.next_power_of_two().max(4096)
+        )
+    })
+}
+
 /// What [`cleanup`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CleanupReport {
@@ -974,6 +1003,28 @@ mod tests {
                 "ipset v7.17: Error in line 3: The set with the given name does not exist"
             ),
             Some(3)
+        );
+    }
+
+    #[test]
+    fn hints_at_the_ipset_table_only_when_it_grew() {
+        assert_eq!(ipset_table_hint(256, Some("0\n")), None);
+        assert_eq!(ipset_table_hint(2002, Some("4096")), None);
+        let hint = ipset_table_hint(257, Some("0")).expect("default table outgrown");
+        assert!(
+            hint.contains("starts with 256 slots") && hint.contains("max_sets 0"),
+            "{hint}"
+        );
+        assert!(hint.contains("max_sets=4096"), "{hint}");
+        let hint = ipset_table_hint(5000, Some("1024")).expect("table outgrown");
+        assert!(
+            hint.contains("1024 slots") && hint.contains("max_sets=8192"),
+            "{hint}"
+        );
+        let hint = ipset_table_hint(300, None).expect("unreadable: the default");
+        assert!(
+            hint.contains("256 slots") && hint.contains("unreadable"),
+            "{hint}"
         );
     }
 

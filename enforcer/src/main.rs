@@ -282,6 +282,12 @@ fn emit_report(report: &ApplyReport) {
     for error in &report.errors {
         emit(json!({"error": error, "version": report.version}));
     }
+    let param = std::fs::read_to_string(palisade_enforcer::apply::IPSET_MAX_SETS_PARAM).ok();
+    if let Some(hint) =
+        palisade_enforcer::apply::ipset_table_hint(report.sets_created, param.as_deref())
+    {
+        emit(json!({"hint": hint, "version": report.version}));
+    }
 }
 
 /// Identity of the file's current content, as cheap as a stat.

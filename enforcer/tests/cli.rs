@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use palisade_policy::model::Family;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 
@@ -61,6 +62,60 @@ fn apply_render_cleanup() {
     let out = sh(&format!("ip netns exec {} {BIN} cleanup", ns.name));
     assert!(out.contains("cleaned_up"), "{out}");
     assert!(!ns.exec("iptables-save -t filter").contains("PALISADE"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An apply that creates more sets than the kernel's table of sets starts with says
+/// so (one `hint` line naming the count and the parameter to raise), because growing
+/// the table is most of a big node's first program.
+#[test]
+fn apply_hints_when_the_ipset_table_is_outgrown() {
+    if !can_netns("cli apply_hints_when_the_ipset_table_is_outgrown") {
+        return;
+    }
+    let slots = match std::fs::read_to_string(palisade_enforcer::apply::IPSET_MAX_SETS_PARAM)
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+    {
+        Some(0) | None => 256,
+        Some(n) => n,
+    };
+    let ns = Netns::new("clihint");
+    let dir = temp_dir("hint");
+    let state_path = dir.join("state.json");
+    let mut state = sample_state(3, 0);
+    for i in 0..300 {
+        let addr = format!("10.99.{}.{}/32", i / 250, 1 + i % 250);
+        state
+            .sets
+            .push(mk_set(&format!("extra/{i}"), Family::IPv4, &[&addr], &[]));
+    }
+    write_state(&state_path, &state);
+    let out = sh(&format!(
+        "ip netns exec {} {BIN} apply --state {}",
+        ns.name,
+        state_path.display()
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let created = lines
+        .iter()
+        .find_map(|v| v["sets_created"].as_u64())
+        .expect("a report") as usize;
+    assert!(created >= 300, "{out}");
+    let hint = lines.iter().find_map(|v| v["hint"].as_str());
+    if created > slots {
+        let hint = hint.unwrap_or_else(|| panic!("no hint with {created} sets: {out}"));
+        assert!(
+            hint.contains(&format!("{created} ipsets created")) && hint.contains("max_sets="),
+            "{hint}"
+        );
+    } else {
+        assert!(hint.is_none(), "{out}");
+    }
+    sh(&format!("ip netns exec {} {BIN} cleanup", ns.name));
     let _ = std::fs::remove_dir_all(dir);
 }
 
