@@ -23,17 +23,12 @@ mod common;
 #[path = "support/node_state.rs"]
 mod node_state;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use node_state::*;
 use palisade_enforcer::{ApplyOptions, Backend, Enforcer, NodeRuleSet};
-
-const BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 
 /// The base state with pod 100 added (`with_pod`) or not, at `version`.
 fn state(version: u64, with_pod: bool) -> NodeRuleSet {
@@ -68,67 +63,6 @@ fn write_state(path: &Path, rs: &NodeRuleSet) -> Instant {
     Instant::now()
 }
 
-struct Agent {
-    child: Child,
-    rx: mpsc::Receiver<(Instant, serde_json::Value)>,
-}
-
-impl Agent {
-    fn start(ns: &Netns, state: &Path) -> Agent {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                BIN,
-                "run",
-                "--backend",
-                "nft",
-                "--state",
-            ])
-            .arg(state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn palisade-enforcer run");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send((Instant::now(), v)).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Agent { child, rx }
-    }
-
-    fn applied(&self, version: u64) -> (Instant, serde_json::Value) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.rx.recv_timeout(left) {
-                Ok((t, v)) if v["applied_version"] == version => return (t, v),
-                Ok((_, v)) if v.get("error").is_some() => panic!("enforcer error: {v}"),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("version {version} not applied within 30 s");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill on the pid of a child we spawned and have not reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
 fn stats(name: &str, mut v: Vec<Duration>) {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -140,14 +74,6 @@ fn stats(name: &str, mut v: Vec<Duration>) {
     );
 }
 
-struct RmDir(PathBuf);
-
-impl Drop for RmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn main() {
     if !can_netns("bench podstart") {
         return;
@@ -156,14 +82,12 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(11);
-    let dir = std::env::temp_dir().join(format!("palisade-podstart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let _rm = RmDir(dir.clone());
-    let path = dir.join("state.json");
+    let dir = TempDir::new("podstart");
+    let path = dir.0.join("state.json");
 
     let ns = Netns::new("podstart");
     write_state(&path, &state(1, false));
-    let agent = Agent::start(&ns, &path);
+    let agent = Agent::start(&ns, &path, &["--backend", "nft"], None);
     agent.applied(1);
     let (mut window, mut apply) = (Vec::new(), Vec::new());
     let mut version = 1;
@@ -175,7 +99,7 @@ fn main() {
             (round as u64 * 50 / rounds as u64) % 50,
         ));
         let known = write_state(&path, &state(version, true));
-        let (done, report) = agent.applied(version);
+        let (done, report) = agent.applied_at(version);
         window.push(done - known);
         apply.push(Duration::from_secs_f64(
             report["elapsed_ms"].as_f64().expect("elapsed_ms") / 1000.0,
@@ -190,8 +114,8 @@ fn main() {
         write_state(&path, &state(version, false));
         agent.applied(version);
     }
-    drop(agent);
-    sh(&format!("ip netns exec {} {BIN} cleanup", ns.name));
+    agent.terminate();
+    enforcer_cleanup(&ns);
 
     // The same change in process (no poll, no file).
     let mut in_process = Vec::new();

@@ -313,7 +313,8 @@ pub const ENFORCER_BIN: &str = env!("CARGO_BIN_EXE_palisade-enforcer");
 /// Killed on drop if it is still running (also on panic).
 pub struct Agent {
     child: Child,
-    rx: mpsc::Receiver<serde_json::Value>,
+    /// Each line with the moment it was read (the benches time applies by it).
+    rx: mpsc::Receiver<(Instant, serde_json::Value)>,
 }
 
 impl Agent {
@@ -342,7 +343,7 @@ impl Agent {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
+                    if tx.send((Instant::now(), v)).is_err() {
                         break;
                     }
                 }
@@ -354,11 +355,16 @@ impl Agent {
     /// Waits (at most 10 s) for the report of `version`; panics on an error
     /// report before it.
     pub fn applied(&self, version: u64) -> serde_json::Value {
+        self.applied_at(version).1
+    }
+
+    /// [`Agent::applied`], with the moment its report was read.
+    pub fn applied_at(&self, version: u64) -> (Instant, serde_json::Value) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.rx.recv_timeout(left) {
-                Ok(v) if v["applied_version"] == version => return v,
-                Ok(v) if v.get("error").is_some() => panic!("enforcer error: {v}"),
+                Ok((t, v)) if v["applied_version"] == version => return (t, v),
+                Ok((_, v)) if v.get("error").is_some() => panic!("enforcer error: {v}"),
                 Ok(_) => {}
                 Err(_) => break,
             }
