@@ -8,7 +8,9 @@
 //! matches of the packet's family only) and works on the same checked copy of the
 //! rule set, so rules made fail-closed are decided alike.
 //! Apply uses it to find the established connections a new state denies; tests
-//! cross-check it against the kernel.
+//! cross-check it against the kernel. IPv6 neighbour discovery, which the rendered
+//! rules let through before any pod chain, opens no connection and is not a flow
+//! here.
 
 use std::net::IpAddr;
 

@@ -12,6 +12,7 @@
 //! FORWARD ─► PALISADE-FORWARD
 //!              ctstate ESTABLISHED,RELATED → ACCEPT     (replies, related ICMP)
 //!              ctstate INVALID            → DROP
+//!              IPv6 neighbour solicitation / advertisement, hop limit 255 → RETURN
 //!              -s <ip> -d <ip> → RETURN   (a pod's traffic to itself, per isolated pod ip)
 //!              tcp, not a SYN, ctstate NEW → PALISADE-PICKUP     (when a pod is isolated)
 //!              -s <local pod ip> → <egress chain of that pod>     (one per isolated pod)
@@ -502,6 +503,25 @@ fn halves(family: Family) -> [IpNet; 2] {
     }
 }
 
+/// IPv6 neighbour solicitations and advertisements that cross FORWARD: on a bridged
+/// CNI with `bridge-nf-call-ip6tables` (flannel's and kubenet's cni0, the bridge
+/// plugin) pods resolve each other through the bridge, and these packets are
+/// UNTRACKED by conntrack (neither ESTABLISHED nor INVALID), so without these rules
+/// they would be judged by the pod chains like new connections and an isolated pod
+/// could not resolve its peers. Hop limit 255 only: a genuine neighbour discovery
+/// packet never crossed a router (RFC 4861 receivers drop any other).
+fn neighbour_discovery() -> Vec<String> {
+    ["neighbour-solicitation", "neighbour-advertisement"]
+        .iter()
+        .map(|t| {
+            format!(
+                "-A {CHAIN_FORWARD} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 255 \
+                 -m comment --comment \"neighbour discovery\" -j RETURN"
+            )
+        })
+        .collect()
+}
+
 fn mark_hex(v: u32) -> String {
     format!("{v:#x}")
 }
@@ -698,6 +718,9 @@ impl<'a> FamilyRenderer<'a> {
                     )
                 })
                 .collect();
+            if self.family == Family::IPv6 {
+                early.splice(0..0, neighbour_discovery());
+            }
             early.push(format!(
                 "-A {CHAIN_FORWARD} -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j {CHAIN_PICKUP}"
             ));

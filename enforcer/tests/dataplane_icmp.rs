@@ -11,9 +11,12 @@
 //!   unreachable for a UDP datagram the policies let out) reach a pod under
 //!   deny-all ingress, while a new ICMP echo from the same peer does not;
 //! - traffic between a pod and its own node, ICMP included, is always allowed;
-//! - IPv6 neighbour discovery never crosses FORWARD (it is link-local, between a
-//!   pod and its node), so under deny-all it keeps resolving: neighbour entries
-//!   flushed on every side come back and allowed IPv6 traffic keeps flowing.
+//! - IPv6 neighbour discovery keeps working under deny-all: on a routed node it
+//!   never crosses FORWARD (it is link-local, between a pod and its node), so
+//!   neighbour entries flushed on every side come back and allowed IPv6 traffic
+//!   keeps flowing; on a bridged node (pods on-link with each other, bridged
+//!   packets through FORWARD) pods resolve each other through the bridge, the
+//!   isolated ones included.
 
 #[path = "../../policy/tests/support/mod.rs"]
 mod support;
@@ -68,6 +71,8 @@ fn cluster() -> Cluster {
                 .map(|s| s.parse().expect("ip"))
                 .collect(),
             node: Some("n1".into()),
+            terminating: false,
+            created: None,
             host_network: false,
             ports: Vec::new(),
         })
@@ -115,7 +120,11 @@ fn cluster() -> Cluster {
 }
 
 fn setup(neigh: Neigh) -> (DsLab, Enforcer, Engine, Evaluator) {
-    let lab = DsLab::new(&PODS, neigh);
+    programmed(DsLab::new(&PODS, neigh))
+}
+
+/// `lab` with name servers on [`PORT`], ping sockets, and [`cluster`]'s policies applied.
+fn programmed(lab: DsLab) -> (DsLab, Enforcer, Engine, Evaluator) {
     lab.serve_names(PORT);
     for ns in std::iter::once(&lab.node).chain(lab.pods.iter().map(|p| &p.ns)) {
         allow_ping_sockets(ns);
@@ -331,6 +340,65 @@ fn neighbour_discovery_keeps_working_under_deny_all() {
         );
         // Still isolated: the peers that may not reach a do not.
         assert!(!ping(&b.ns, a.ip(true), 1, WAIT));
+    }
+    lab.node.run(|| enforcer.cleanup().expect("cleanup"));
+}
+
+/// On a bridged node the pods resolve each other by neighbour discovery through
+/// the bridge, and with `bridge-nf-call-ip6tables` those packets cross FORWARD,
+/// untracked by conntrack. a is isolated for ingress (deny-all) and egress: b's
+/// advertisement answering a's solicitation is addressed to a, so without the
+/// neighbour discovery rules of PALISADE-FORWARD a's ingress chain dropped it and a
+/// could not reach b over IPv6 although every policy allows it.
+#[test]
+fn neighbour_discovery_between_pods_on_a_bridge() {
+    if !can_netns("ndp on a bridge") {
+        return;
+    }
+    let (lab, mut enforcer, engine, _) = programmed(DsLab::bridged(&PODS));
+    let (a, b, c, d) = (lab.pod("a"), lab.pod("b"), lab.pod("c"), lab.pod("d"));
+    let idx = |name: &str| Endpoint::Pod(engine.pod_index("p", name).expect("pod"));
+    let tcp6 = Connection {
+        src: idx("a"),
+        dst: idx("b"),
+        family: Family::IPv6,
+        protocol: Protocol::Tcp,
+        port: PORT,
+    };
+    assert!(
+        engine.allowed(&tcp6),
+        "the engine allows a -> b on TCP {PORT}"
+    );
+    for round in 0..2 {
+        for p in &lab.pods {
+            p.ns.exec("ip -6 neigh flush all; ip -4 neigh flush all");
+        }
+        for v6 in [true, false] {
+            assert!(
+                tcp_probe(&a.ns, sa(b.ip(v6), PORT), Duration::from_secs(2)).allowed(),
+                "round {round}: a -> b (v6: {v6}) on a bridge"
+            );
+        }
+        assert!(ping(&a.ns, c.ip(true), 3, Duration::from_millis(500)));
+        let neigh = neighbours(&a.ns);
+        assert!(
+            neigh
+                .lines()
+                .any(|l| l.starts_with(&format!("{} ", b.ip(true)))
+                    && !l.contains("FAILED")
+                    && !l.contains("INCOMPLETE")),
+            "round {round}: a did not resolve b:\n{neigh}"
+        );
+        // Neighbour discovery passes, connections are still judged.
+        assert!(
+            !ping(&b.ns, a.ip(true), 1, WAIT),
+            "b -> a: a is deny-all ingress"
+        );
+        assert!(
+            !tcp_probe(&d.ns, sa(a.ip(true), PORT), WAIT).allowed(),
+            "d -> a: a is deny-all ingress"
+        );
+        assert!(!ping(&a.ns, d.ip(true), 1, WAIT), "a -> d: a's egress");
     }
     lab.node.run(|| enforcer.cleanup().expect("cleanup"));
 }

@@ -134,6 +134,66 @@ impl DsLab {
         DsLab { node, pods: out }
     }
 
+    /// The same pods on a bridged node, as flannel's and kubenet's `cni0` or the
+    /// bridge plugin build it: one bridge `br0` holding the `.1` of the pods' IPv4
+    /// /24 and the `::1` of their IPv6 /64, the pods on-link with each other
+    /// (ARP and real neighbour discovery between them, through the bridge) and
+    /// `bridge-nf-call-iptables` / `-ip6tables` on, so bridged pod-to-pod packets
+    /// cross FORWARD as kube-proxy requires on such nodes.
+    pub fn bridged(pods: &[PodAddrs]) -> DsLab {
+        let node = Netns::new("dsbr");
+        let first_v4 = pods.iter().find_map(|p| p.1).expect("a pod with IPv4");
+        let first_v6: std::net::Ipv6Addr = pods
+            .iter()
+            .find_map(|p| p.2)
+            .expect("a pod with IPv6")
+            .parse()
+            .expect("test address");
+        let gw4 = match first_v4.rsplit_once('.') {
+            Some((net, _)) => format!("{net}.1"),
+            None => panic!("bad test address {first_v4}"),
+        };
+        let seg = first_v6.segments();
+        let gw6 = std::net::Ipv6Addr::new(seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 1);
+        node.exec(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+             net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 && \
+             ip addr add {NODE_V4}/32 dev lo && ip addr add {NODE_V6}/128 dev lo nodad && \
+             ip link add br0 type bridge && ip link set br0 up && \
+             ip addr add {gw4}/24 dev br0 && ip addr add {gw6}/64 dev br0 nodad && \
+             sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1"
+        ));
+        let mut out = Vec::new();
+        for (i, (name, v4, v6)) in pods.iter().enumerate() {
+            let ns = Netns::new("dsbrpod");
+            ns.exec("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0");
+            let veth = format!("bp{i}");
+            node.exec(&format!(
+                "ip link add {veth} type veth peer name eth0 netns {} && \
+                 ip link set {veth} master br0 up",
+                ns.name
+            ));
+            let mut pod_cmds = vec!["ip link set eth0 up".to_string()];
+            if let Some(v4) = v4 {
+                pod_cmds.push(format!("ip addr add {v4}/24 dev eth0"));
+                pod_cmds.push(format!("ip route add default via {gw4}"));
+            }
+            if let Some(v6) = v6 {
+                pod_cmds.push(format!("ip addr add {v6}/64 dev eth0 nodad"));
+                pod_cmds.push(format!("ip -6 route add default via {gw6}"));
+            }
+            ns.exec(&pod_cmds.join(" && "));
+            out.push(DsPod {
+                ns,
+                name: name.to_string(),
+                v4: v4.map(|s| s.parse().expect("test address")),
+                v6: v6.map(|s| s.parse().expect("test address")),
+                veth,
+            });
+        }
+        DsLab { node, pods: out }
+    }
+
     pub fn pod(&self, name: &str) -> &DsPod {
         self.pods
             .iter()
