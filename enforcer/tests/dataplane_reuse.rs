@@ -44,6 +44,8 @@ fn pod(ns: &str, name: &str, ips: &[&str], l: &[(&str, &str)]) -> Pod {
         labels: labels(l),
         ips: ips.iter().map(|i| i.parse().expect("test ip")).collect(),
         node: Some("n1".into()),
+        terminating: false,
+        created: None,
         host_network: false,
         ports: Vec::new(),
     }

@@ -28,6 +28,8 @@ fn pod(ns: &str, name: &str, ips: &[&str], node: &str, l: &[(&str, &str)]) -> Po
         labels: labels(l),
         ips: ips.iter().map(|s| ip(s)).collect(),
         node: Some(node.into()),
+        terminating: false,
+        created: None,
         host_network: false,
         ports: vec![ContainerPort {
             name: Some("http".into()),

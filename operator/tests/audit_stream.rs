@@ -75,6 +75,8 @@ fn pod(ns: &str, name: &str, ip: &str, host_network: bool) -> Pod {
         labels: Default::default(),
         ips: vec![ip.parse().expect("ip")],
         node: Some("n2".into()),
+        terminating: false,
+        created: None,
         host_network,
         ports: vec![],
     }

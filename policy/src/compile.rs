@@ -31,7 +31,7 @@ pub fn compile_node(engine: &Engine, node: &str, version: u64) -> NodeRuleSet {
         .unwrap_or_default()
         .iter()
         .map(|&p| p as usize)
-        .filter(|&p| !cluster.pods[p].host_network && !cluster.pods[p].ips.is_empty())
+        .filter(|&p| !cluster.pods[p].host_network && !engine.pod_ips(p).is_empty())
         .collect();
     let mut c = Compiler {
         engine,
@@ -62,7 +62,7 @@ pub fn compile_node(engine: &Engine, node: &str, version: u64) -> NodeRuleSet {
         pods.push(LocalPod {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
-            ips: p.ips.clone(),
+            ips: engine.pod_ips(pod),
             ingress,
             egress,
         });
@@ -356,7 +356,7 @@ impl Compiler<'_> {
 
     /// Whether the peers match a pod's address of one family.
     fn peer_has_pod_in(&self, peers: &PeerMatch, pod: usize, family: Family) -> bool {
-        let Some(ip) = self.engine.cluster().pods[pod].ip_of(family) else {
+        let Some(ip) = self.engine.pod_ip(pod, family) else {
             return false;
         };
         match peers {
@@ -372,9 +372,7 @@ impl Compiler<'_> {
     }
 
     fn pod_net(&self, pod: usize, family: Family) -> Option<IpNet> {
-        self.engine.cluster().pods[pod]
-            .ip_of(family)
-            .map(IpNet::from)
+        self.engine.pod_ip(pod, family).map(IpNet::from)
     }
 
     /// The address sets of a rule's peers: one for the pods and nodes it matches,

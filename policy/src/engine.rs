@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::address::{AddressBook, AddressConflict};
 use crate::lookup::Lookup;
 use crate::model::*;
 use crate::PolicyError;
@@ -118,6 +119,8 @@ pub struct Engine {
     /// Per direction (0 ingress, 1 egress), per pod: policy indices in order.
     pub(crate) selected: [Vec<Vec<u32>>; 2],
     pub(crate) lookup: Lookup,
+    /// One owner per pod address (the others are as if pending for it).
+    pub(crate) addresses: AddressBook,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -227,6 +230,7 @@ impl Engine {
         let tiers = order_tiers(&cluster)?;
         check_unique_policies(&cluster.policies)?;
         let mut lookup = Lookup::new(&cluster);
+        let addresses = AddressBook::new(&cluster.pods);
         let mut diagnostics = Vec::new();
         let mut order: Vec<(usize, &Policy)> = cluster
             .policies
@@ -294,6 +298,7 @@ impl Engine {
             policies,
             selected,
             lookup,
+            addresses,
             diagnostics,
         })
     }
@@ -313,7 +318,7 @@ impl Engine {
             .pod_slots
             .get(&(pod.namespace.clone(), pod.name.clone()))
             .copied();
-        let (p, labels_changed, ips_changed) = match slot {
+        let (p, labels_changed, claim_changed) = match slot {
             Some(p) => {
                 let old = &self.cluster.pods[p];
                 if old.node != pod.node
@@ -322,21 +327,37 @@ impl Engine {
                 {
                     return None;
                 }
-                (p, old.labels != pod.labels, old.ips != pod.ips)
+                let claim_changed = old.ips != pod.ips
+                    || old.terminating != pod.terminating
+                    || old.created != pod.created;
+                (p, old.labels != pod.labels, claim_changed)
             }
             None => {
-                // Appended as a pod with no labels, sets or selections yet.
+                // Appended as a pod with no labels, sets, selections or addresses yet.
                 let p = self.lookup.push_pod(&pod);
-                self.cluster.pods.push(pod.clone());
+                self.addresses.push_pod();
+                self.cluster.pods.push(Pod {
+                    ips: Vec::new(),
+                    ..pod.clone()
+                });
                 self.selected[0].push(Vec::new());
                 self.selected[1].push(Vec::new());
                 (p, true, true)
             }
         };
         let mut nodes = BTreeSet::new();
-        if !labels_changed && !ips_changed {
+        if !labels_changed && !claim_changed {
             return Some(nodes);
         }
+        let old_ips = std::mem::replace(&mut self.cluster.pods[p], pod).ips;
+        // Addresses first: whether the pod (and others claiming its addresses) own them.
+        let moved = if claim_changed {
+            self.addresses.update(&self.cluster.pods, p, &old_ips)
+        } else {
+            Vec::new()
+        };
+        let ips_changed = moved.contains(&(p as u32));
+        let pod = &self.cluster.pods[p];
         let node = self.lookup.pod_node[p];
         // The sets that hold (or now hold) the pod change their members or addresses.
         let mut changed_sets = Vec::new();
@@ -386,12 +407,26 @@ impl Engine {
         if ips_changed {
             nodes.extend(node);
         }
-        self.cluster.pods[p] = pod;
+        // Pods that won or lost an address to this one: their node enforces them
+        // differently and the sets holding them change addresses.
+        for &q in moved.iter().filter(|&&q| q as usize != p) {
+            let q = q as usize;
+            nodes.extend(self.lookup.pod_node[q]);
+            let q_ns = self.lookup.pod_ns[q];
+            changed_sets.extend(
+                self.lookup.ns_peer_sets[q_ns]
+                    .iter()
+                    .copied()
+                    .filter(|&s| self.lookup.peer_sets[s].contains(q)),
+            );
+        }
         let mut touched: BTreeSet<u32> = changed_sets
             .iter()
             .flat_map(|&s| self.lookup.peer_users[s].iter().copied())
             .collect();
-        touched.extend(self.lookup.named_egress.iter().copied());
+        if ips_changed || !moved.is_empty() || labels_changed {
+            touched.extend(self.lookup.named_egress.iter().copied());
+        }
         for policy in touched {
             nodes.extend(
                 self.lookup
@@ -418,6 +453,32 @@ impl Engine {
     /// Fail-closed and other notices about the input.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         &self.diagnostics
+    }
+
+    /// A pod's address of a family, unless another pod claiming it owns it (see
+    /// [`crate::address`]): what the dataplane enforces for that pod.
+    pub fn pod_ip(&self, pod: usize, family: Family) -> Option<IpAddr> {
+        self.addresses.ip_of(&self.cluster.pods, pod, family)
+    }
+
+    /// The addresses a pod owns (its claimed ones minus those another pod owns).
+    pub fn pod_ips(&self, pod: usize) -> Vec<IpAddr> {
+        self.addresses.ips_of(&self.cluster.pods, pod)
+    }
+
+    /// Every owned pod address with its pod (host-network pods have none).
+    pub fn owned_addresses(&self) -> impl Iterator<Item = (IpAddr, &Pod)> + '_ {
+        self.cluster
+            .pods
+            .iter()
+            .enumerate()
+            .flat_map(move |(p, pod)| self.pod_ips(p).into_iter().map(move |ip| (ip, pod)))
+    }
+
+    /// Addresses claimed by several pods, with the owner and the losers of each
+    /// (a conflict to report loudly: it means a pod the watch has not seen go yet).
+    pub fn address_conflicts(&self) -> Vec<AddressConflict> {
+        self.addresses.conflicts(&self.cluster.pods)
     }
 
     /// Tiers that share a priority (ordered by name; the contract wants it reported).
@@ -551,7 +612,7 @@ impl Engine {
     fn address(&self, side: Side, family: Family) -> Option<IpAddr> {
         let of = |ips: &[IpAddr]| ips.iter().copied().find(|ip| Family::of(ip) == family);
         match side {
-            Side::Pod(p) => of(&self.cluster.pods[p].ips),
+            Side::Pod(p) => self.addresses.ip_of(&self.cluster.pods, p, family),
             Side::Node(n) => of(&self.cluster.nodes[n].ips),
             Side::External(ip) => (Family::of(&ip) == family).then_some(ip),
         }

@@ -202,6 +202,14 @@ impl ClusterIndex {
         self.engine.as_ref()
     }
 
+    /// Addresses several pods claim as of the last commit, each with its owner and
+    /// the pods treated as without it (see [`crate::address`]).
+    pub fn address_conflicts(&self) -> Vec<crate::address::AddressConflict> {
+        self.engine
+            .as_ref()
+            .map_or_else(Vec::new, Engine::address_conflicts)
+    }
+
     /// Notices about the input (fail-closed rules, missing tiers) of the last commit.
     pub fn diagnostics(&self) -> &[crate::engine::Diagnostic] {
         self.engine.as_ref().map_or(&[], |e| e.diagnostics())

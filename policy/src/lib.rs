@@ -8,6 +8,7 @@
 //! Plain data in, verdicts and compiled rules out: no I/O, no async, no Kubernetes
 //! client, no iptables. The operator, the enforcer and the CLI all build on it.
 
+pub mod address;
 pub mod compile;
 pub mod compiled;
 pub mod engine;

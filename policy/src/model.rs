@@ -155,6 +155,15 @@ pub struct Pod {
     pub node: Option<String>,
     pub host_network: bool,
     pub ports: Vec<ContainerPort>,
+    /// Being deleted (`metadata.deletionTimestamp` set): it still runs during its
+    /// graceful shutdown, but yields its addresses to a pod that claims them and is not.
+    #[serde(default)]
+    pub terminating: bool,
+    /// `metadata.creationTimestamp` in seconds since the Unix epoch (`None`: unknown,
+    /// taken as older than any known time). Of two pods claiming one address, the
+    /// newer owns it.
+    #[serde(default)]
+    pub created: Option<i64>,
 }
 
 impl Pod {

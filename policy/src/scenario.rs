@@ -541,6 +541,8 @@ fn build_pods(
                 labels: p.labels.clone(),
                 ips,
                 node: p.node.clone(),
+                terminating: false,
+                created: None,
                 host_network: p.host_network,
                 ports: if p.host_network {
                     Vec::new()

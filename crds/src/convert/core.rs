@@ -6,6 +6,9 @@
 //!   ports with their names and protocols (containers and restartable init containers, i.e.
 //!   sidecars), and the phase: a `Succeeded` or `Failed` pod converts to `None` (it no longer
 //!   has traffic; the operator removes it from the index). A pending pod has no addresses yet.
+//!   `metadata.deletionTimestamp` marks it terminating (it still runs and keeps its policies
+//!   during graceful shutdown) and `metadata.creationTimestamp` gives its age: the engine
+//!   needs both to choose one owner when two pods claim one address (`palisade_policy::address`).
 //! - [`namespace`]: name and labels, with `kubernetes.io/metadata.name` set to the name as the
 //!   API server does (so manifests need not write it).
 //! - [`node`]: name, labels and `status.addresses` of type `InternalIP` and `ExternalIP`.
@@ -112,6 +115,12 @@ pub fn pod(pod: &K8sPod) -> Result<Option<Pod>, CrdError> {
             .filter(|n| !n.is_empty()),
         host_network,
         ports,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        created: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
     }))
 }
 
@@ -296,6 +305,20 @@ status:
         assert!(p.ips.is_empty());
         // Named ports of host-network pods never resolve (the engine's rule).
         assert_eq!(p.named_port("web", Protocol::Tcp), None);
+    }
+
+    #[test]
+    fn deletion_and_creation_timestamps_are_kept() {
+        let p = converted(
+            "metadata: {name: a, namespace: x, creationTimestamp: \"2026-11-26T03:00:07Z\", deletionTimestamp: \"2026-11-26T03:05:00Z\"}\nspec: {containers: []}\nstatus: {phase: Running, podIP: 10.0.0.1}",
+        );
+        // A terminating pod still runs (graceful shutdown): kept, with its address.
+        assert!(p.terminating);
+        assert_eq!(p.created, Some(1_795_662_007));
+        assert_eq!(p.ips, vec!["10.0.0.1".parse::<IpAddr>().expect("ip")]);
+        let p = converted("metadata: {name: a, namespace: x}\nspec: {containers: []}");
+        assert!(!p.terminating);
+        assert_eq!(p.created, None);
     }
 
     #[test]

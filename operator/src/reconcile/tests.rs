@@ -38,6 +38,8 @@ fn mk_pod(name: &str, node: &str, ip: &str, app: &str) -> Event {
         labels: labels(&[("app", app)]),
         ips: vec![ip.parse().expect("ip")],
         node: Some(node.into()),
+        terminating: false,
+        created: None,
         host_network: false,
         ports: Vec::new(),
     }))

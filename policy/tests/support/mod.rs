@@ -50,6 +50,8 @@ pub fn mk_pod(ns: &str, name: &str, ip: &str, node: &str, l: &[(&str, &str)]) ->
         labels: labels(l),
         ips: vec![ip.parse::<IpAddr>().expect("test address")],
         node: Some(node.into()),
+        terminating: false,
+        created: None,
         host_network: false,
         ports: standard_ports(),
     }
