@@ -62,6 +62,8 @@ pub struct Reconciler {
     /// Address → pod for the audit log, republished on commits after pods changed.
     pod_ips: Option<crate::audit::PodIps>,
     pods_changed: bool,
+    /// Addresses claimed by several pods as of the last commit (logged when they change).
+    conflicts: Vec<palisade_policy::address::AddressConflict>,
     /// `--audit-default` when it is not `all` (the rule sets' own default, left unset so
     /// their digest is the engine's).
     audit_default: Option<palisade_policy::model::AuditMode>,
@@ -86,6 +88,7 @@ impl Reconciler {
             source_synced: false,
             pod_ips: None,
             pods_changed: false,
+            conflicts: Vec::new(),
             audit_default: None,
         }
     }
@@ -242,9 +245,11 @@ impl Reconciler {
                 span.record("nodes_changed", n);
                 self.metrics.commit(took, n);
                 self.status.record_commit(took, n);
+                self.log_address_conflicts();
                 if let (Some(ips), true) = (&self.pod_ips, self.pods_changed) {
-                    if let Some(cluster) = self.index.cluster() {
-                        ips.publish(&cluster.pods);
+                    if let Some(engine) = self.index.engine() {
+                        // Owners only: a loser's traffic is not its own (see log_address_conflicts).
+                        ips.publish_addresses(engine.owned_addresses());
                         self.pods_changed = false;
                     }
                 }
@@ -275,6 +280,29 @@ impl Reconciler {
                 Err(e)
             }
         }
+    }
+
+    /// Warns about every new address conflict (two pods claiming one address: a pod the
+    /// watch has not seen go yet, or a CNI handing out an address twice), naming the owner
+    /// and the pods treated as without it, and notes those that ended.
+    fn log_address_conflicts(&mut self) {
+        let now = self.index.address_conflicts();
+        if now == self.conflicts {
+            return;
+        }
+        for c in now.iter().filter(|c| !self.conflicts.contains(c)) {
+            warn!(address = %c.address, owner = %c.owner, losers = %c.losers.join(", "),
+                "address claimed by several pods: only the owner is enforced with it; the \
+                 others are treated as pods without that address");
+        }
+        for c in self
+            .conflicts
+            .iter()
+            .filter(|c| !now.iter().any(|n| n.address == c.address))
+        {
+            info!(address = %c.address, owner = %c.owner, "address conflict resolved");
+        }
+        self.conflicts = now;
     }
 
     /// Commits from the async task. A commit is CPU work (up to a second for a very large

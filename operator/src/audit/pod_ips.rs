@@ -23,20 +23,28 @@ impl PodIps {
 
     /// Replaces the map with the addresses of `pods`.
     pub fn publish<'a>(&self, pods: impl IntoIterator<Item = &'a Pod>) {
+        self.publish_addresses(
+            pods.into_iter()
+                .filter(|pod| !pod.host_network)
+                .flat_map(|pod| pod.ips.iter().map(move |ip| (*ip, pod))),
+        );
+    }
+
+    /// Replaces the map with these addresses and their pods (the engine's owners,
+    /// `Engine::owned_addresses`: one pod per address even while two claim it).
+    pub fn publish_addresses<'a>(&self, addresses: impl IntoIterator<Item = (IpAddr, &'a Pod)>) {
         let mut map = HashMap::new();
-        for pod in pods {
+        for (ip, pod) in addresses {
             if pod.host_network {
                 continue;
             }
-            for ip in &pod.ips {
-                map.insert(
-                    *ip,
-                    Endpoint {
-                        namespace: pod.namespace.clone(),
-                        pod: pod.name.clone(),
-                    },
-                );
-            }
+            map.insert(
+                ip,
+                Endpoint {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                },
+            );
         }
         let mut slot = self.map.write().unwrap_or_else(|e| e.into_inner());
         *slot = Arc::new(map);

@@ -281,3 +281,62 @@ async fn rejections_are_listed_counted_and_cleared() {
         .await
         .expect("reconcile ends when the channel closes");
 }
+
+/// Two pods claiming one address (x/old Terminating, its address already given to
+/// y/new): the state and the audit attribution carry only the owner, the conflict is
+/// kept for logging, and it ends when the loser goes.
+#[test]
+fn an_address_claimed_twice_is_published_for_its_owner_only() {
+    let hub = Hub::new();
+    let metrics = Metrics::new(hub.clone());
+    let ips = crate::audit::PodIps::new();
+    let mut r =
+        Reconciler::new(hub, metrics, Status::new(), Debounce::default()).with_pod_ips(ips.clone());
+    let pod = |ns: &str, name: &str, terminating: bool| {
+        Event::Apply(ClusterObject::Pod(Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: labels(&[("app", name)]),
+            ips: vec!["10.0.0.12".parse().expect("ip")],
+            node: Some("n1".into()),
+            terminating,
+            created: Some(1000),
+            host_network: false,
+            ports: Vec::new(),
+        }))
+    };
+    for event in [
+        mk_node("n1", "172.18.0.2"),
+        mk_namespace("x"),
+        mk_namespace("y"),
+        // The new pod first: the attribution must not be "the last pod listed wins".
+        pod("y", "new", false),
+        pod("x", "old", true),
+        Event::Synced,
+    ] {
+        r.apply(event);
+    }
+    r.commit().expect("commit");
+    let shared: std::net::IpAddr = "10.0.0.12".parse().expect("ip");
+    let state = r.index().node_state("n1").expect("n1 compiled");
+    let local: Vec<String> = state
+        .pods
+        .iter()
+        .filter(|p| p.ips.contains(&shared))
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    assert_eq!(local, vec!["y/new"]);
+    let owner = ips.snapshot().get(&shared).cloned().expect("attributed");
+    assert_eq!((owner.namespace.as_str(), owner.pod.as_str()), ("y", "new"));
+    assert_eq!(r.conflicts.len(), 1);
+    assert_eq!(r.conflicts[0].owner, "y/new");
+    assert_eq!(r.conflicts[0].losers, vec!["x/old".to_string()]);
+
+    // The terminating pod goes: no conflict left.
+    r.apply(Event::Delete(palisade_crds::ObjectKey::Pod {
+        namespace: "x".into(),
+        name: "old".into(),
+    }));
+    r.commit().expect("commit");
+    assert!(r.conflicts.is_empty());
+}
