@@ -1,6 +1,7 @@
 //! The `palisade-operator` binary on a manifest directory: ready once synced (always the
 //! leader without an API server), objects counted in /metrics, an edit followed, a rejected
-//! object counted, JSON logs, and a prompt, clean exit on SIGTERM.
+//! object counted, JSON logs, and a prompt, clean exit on SIGTERM; two pods claiming one
+//! address warned about, naming the owner and the loser.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -161,4 +162,122 @@ fn serves_health_and_metrics_follows_edits_and_stops_on_sigterm() {
         logs.contains("unknown field spec.podSelecter"),
         "the rejection is logged:\n{logs}"
     );
+}
+
+/// The reviewer's case through the binary: x/old is Terminating and still lists
+/// 10.0.0.12 when y/new (created later) gets the same address. The operator warns, naming
+/// the address, the owner and the pod treated as without it; when x/old's manifest goes,
+/// the conflict is logged as resolved.
+#[test]
+fn an_address_claimed_by_two_pods_is_logged_with_owner_and_loser() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    write(
+        dir,
+        "cluster.yaml",
+        "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: new, namespace: y, labels: {pod: new}, creationTimestamp: \"2026-11-26T03:00:10Z\"}
+spec: {nodeName: n1, containers: []}
+status: {phase: Running, podIP: 10.0.0.12}
+",
+    );
+    write(
+        dir,
+        "old.yaml",
+        "\
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: x, labels: {pod: a}, creationTimestamp: \"2026-11-26T02:00:00Z\", deletionTimestamp: \"2026-11-26T03:00:30Z\"}
+spec: {nodeName: n1, containers: []}
+status: {phase: Running, podIP: 10.0.0.12}
+",
+    );
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-operator"))
+        .arg("--source")
+        .arg(format!("dir:{}", dir.display()))
+        .arg("--listen-health")
+        .arg(addr.to_string())
+        .arg("--log-format")
+        .arg("json")
+        .arg("--poll-ms")
+        .arg("20")
+        .arg("--audit-database")
+        .arg("none")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start palisade-operator");
+    // Read the log on a thread, so the test can wait for lines while the operator runs.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut logs = Vec::new();
+    let mut wait_line = |what: &str, check: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    logs.push(line.clone());
+                    if check(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("{what}: not logged in\n{}", logs.join("\n"));
+    };
+    let warning = wait_line("the conflict warning", &|l| {
+        l.contains("address claimed by several pods")
+    });
+    let value: serde_json::Value = serde_json::from_str(&warning).expect("a JSON log line");
+    assert_eq!(value["level"], "WARN", "{warning}");
+    // The terminating pod yields the address to the running one.
+    assert_eq!(value["fields"]["address"], "10.0.0.12", "{warning}");
+    assert_eq!(value["fields"]["owner"], "y/new", "{warning}");
+    assert_eq!(value["fields"]["losers"], "x/old", "{warning}");
+
+    // The terminating pod's manifest goes (its deletion completes).
+    std::fs::remove_file(dir.join("old.yaml")).expect("remove");
+    let resolved = wait_line("the conflict resolved", &|l| {
+        l.contains("address conflict resolved")
+    });
+    assert!(resolved.contains("10.0.0.12"), "{resolved}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+    reader.join().expect("log reader");
 }
