@@ -73,8 +73,6 @@ fn cluster() -> Cluster {
             node: Some("n1".into()),
             terminating: false,
             created: None,
-            terminating: false,
-            created: None,
             host_network: false,
             ports: Vec::new(),
         })
