@@ -119,6 +119,12 @@ impl AddressBook {
         (lost & family_bit(&ip) == 0).then_some(ip)
     }
 
+    /// Whether the pod owns at least one address (no allocation: compile asks per pod).
+    pub fn has_address(&self, pods: &[Pod], pod: usize) -> bool {
+        let lost = self.lost.get(pod).copied().unwrap_or(0);
+        pods[pod].ips.iter().any(|ip| lost & family_bit(ip) == 0)
+    }
+
     /// The addresses the pod owns, in the order the pod lists them.
     pub fn ips_of(&self, pods: &[Pod], pod: usize) -> Vec<IpAddr> {
         let lost = self.lost.get(pod).copied().unwrap_or(0);

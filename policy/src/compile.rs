@@ -31,7 +31,7 @@ pub fn compile_node(engine: &Engine, node: &str, version: u64) -> NodeRuleSet {
         .unwrap_or_default()
         .iter()
         .map(|&p| p as usize)
-        .filter(|&p| !cluster.pods[p].host_network && !engine.pod_ips(p).is_empty())
+        .filter(|&p| !cluster.pods[p].host_network && engine.pod_has_address(p))
         .collect();
     let mut c = Compiler {
         engine,

@@ -461,6 +461,11 @@ impl Engine {
         self.addresses.ip_of(&self.cluster.pods, pod, family)
     }
 
+    /// Whether a pod owns an address of either family (a pod without one compiles to nothing).
+    pub fn pod_has_address(&self, pod: usize) -> bool {
+        self.addresses.has_address(&self.cluster.pods, pod)
+    }
+
     /// The addresses a pod owns (its claimed ones minus those another pod owns).
     pub fn pod_ips(&self, pod: usize) -> Vec<IpAddr> {
         self.addresses.ips_of(&self.cluster.pods, pod)
