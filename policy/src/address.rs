@@ -114,7 +114,7 @@ impl AddressBook {
 
     /// The pod's address of a family, unless another pod owns it.
     pub fn ip_of(&self, pods: &[Pod], pod: usize, family: Family) -> Option<IpAddr> {
-        let ip = pods[pod].ip_of(family)?;
+        let ip = pods.get(pod)?.ip_of(family)?;
         let lost = self.lost.get(pod).copied().unwrap_or(0);
         (lost & family_bit(&ip) == 0).then_some(ip)
     }
@@ -122,18 +122,22 @@ impl AddressBook {
     /// Whether the pod owns at least one address (no allocation: compile asks per pod).
     pub fn has_address(&self, pods: &[Pod], pod: usize) -> bool {
         let lost = self.lost.get(pod).copied().unwrap_or(0);
-        pods[pod].ips.iter().any(|ip| lost & family_bit(ip) == 0)
+        pods.get(pod)
+            .is_some_and(|p| p.ips.iter().any(|ip| lost & family_bit(ip) == 0))
     }
 
     /// The addresses the pod owns, in the order the pod lists them.
     pub fn ips_of(&self, pods: &[Pod], pod: usize) -> Vec<IpAddr> {
         let lost = self.lost.get(pod).copied().unwrap_or(0);
-        pods[pod]
-            .ips
-            .iter()
-            .copied()
-            .filter(|ip| lost & family_bit(ip) == 0)
-            .collect()
+        pods.get(pod)
+            .map(|p| {
+                p.ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| lost & family_bit(ip) == 0)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Re-resolves after pod `pod` changed its addresses or its precedence (`pods`

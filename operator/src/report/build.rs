@@ -255,13 +255,13 @@ fn policy_findings(
     }
 }
 
-/// The nodes that host a pod the policy selects (pods with an address on a known node: the
-/// ones compiled into a node's rules).
+/// The nodes that host a pod the policy selects (pods owning an address on a known node: the
+/// ones compiled into a node's rules; a pod whose address another pod owns is not).
 fn hosting_nodes(engine: &Engine, pods: &BTreeSet<usize>) -> BTreeSet<String> {
     let cluster = engine.cluster();
     pods.iter()
+        .filter(|&&p| engine.pod_has_address(p))
         .filter_map(|&p| cluster.pods.get(p))
-        .filter(|p| !p.ips.is_empty())
         .filter_map(|p| p.node.clone())
         .collect()
 }
