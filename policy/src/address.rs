@@ -119,6 +119,11 @@ impl AddressBook {
         (lost & family_bit(&ip) == 0).then_some(ip)
     }
 
+    /// Whether the pod owns `ip` (one of its claimed addresses).
+    pub fn owns(&self, pod: usize, ip: &IpAddr) -> bool {
+        self.lost.get(pod).copied().unwrap_or(0) & family_bit(ip) == 0
+    }
+
     /// Whether the pod owns at least one address (no allocation: compile asks per pod).
     pub fn has_address(&self, pods: &[Pod], pod: usize) -> bool {
         let lost = self.lost.get(pod).copied().unwrap_or(0);

@@ -477,7 +477,12 @@ impl Engine {
             .pods
             .iter()
             .enumerate()
-            .flat_map(move |(p, pod)| self.pod_ips(p).into_iter().map(move |ip| (ip, pod)))
+            .flat_map(move |(p, pod)| {
+                pod.ips
+                    .iter()
+                    .filter(move |ip| self.addresses.owns(p, ip))
+                    .map(move |ip| (*ip, pod))
+            })
     }
 
     /// Addresses claimed by several pods, with the owner and the losers of each
