@@ -63,6 +63,28 @@ spec: {nodeName: n1}
 status: {podIP: 10.0.0.5}
 ";
 
+/// The operator on manifest folder `dir`, health and metrics on `addr`, JSON logs on
+/// a piped stderr, and no audit log (its default is a file under /var/lib/palisade).
+fn start_operator(dir: &std::path::Path, addr: std::net::SocketAddr) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_palisade-operator"))
+        .arg("--source")
+        .arg(format!("dir:{}", dir.display()))
+        .arg("--listen-health")
+        .arg(addr.to_string())
+        .arg("--log-format")
+        .arg("json")
+        .arg("--poll-ms")
+        .arg("20")
+        .arg("--audit-database")
+        .arg("none")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start palisade-operator")
+}
+
 #[test]
 fn serves_health_and_metrics_follows_edits_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -72,24 +94,7 @@ fn serves_health_and_metrics_follows_edits_and_stops_on_sigterm() {
         .and_then(|l| l.local_addr())
         .expect("a free port");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-operator"))
-        .arg("--source")
-        .arg(format!("dir:{}", dir.display()))
-        .arg("--listen-health")
-        .arg(addr.to_string())
-        .arg("--log-format")
-        .arg("json")
-        .arg("--poll-ms")
-        .arg("20")
-        // No audit log (its default is a file under /var/lib/palisade).
-        .arg("--audit-database")
-        .arg("none")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start palisade-operator");
+    let mut child = start_operator(dir, addr);
 
     wait_for(addr, "/readyz", "ready", |code, body| {
         code == 200 && body == "ready\n"
@@ -210,23 +215,7 @@ status: {phase: Running, podIP: 10.0.0.12}
     let addr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-operator"))
-        .arg("--source")
-        .arg(format!("dir:{}", dir.display()))
-        .arg("--listen-health")
-        .arg(addr.to_string())
-        .arg("--log-format")
-        .arg("json")
-        .arg("--poll-ms")
-        .arg("20")
-        .arg("--audit-database")
-        .arg("none")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start palisade-operator");
+    let mut child = start_operator(dir, addr);
     // Read the log on a thread, so the test can wait for lines while the operator runs.
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
