@@ -97,6 +97,7 @@ pub fn build(inputs: &Inputs<'_>) -> ReportSet {
                 policy_findings(&mut set, inputs, engine, &shadows, policy);
             }
             tier_ties(&mut set, engine);
+            address_conflicts(&mut set, engine);
             if inputs.unprotected_pods {
                 unprotected(&mut set, engine);
             }
@@ -426,6 +427,42 @@ fn tier_ties(set: &mut ReportSet, engine: &Engine) {
                         others.join(", ")
                     ),
                 ),
+            );
+        }
+    }
+}
+
+/// An address claimed by several pods (a Terminating pod's, already given to a new pod):
+/// one `warn` in the namespace of each pod that lost it, naming the owner, so a pod
+/// enforced as if it had no address is never silent.
+fn address_conflicts(set: &mut ReportSet, engine: &Engine) {
+    for conflict in engine.address_conflicts() {
+        for loser in &conflict.losers {
+            let Some((namespace, name)) = loser.split_once('/') else {
+                continue;
+            };
+            set.push(
+                Scope::Namespace(namespace.to_string()),
+                Finding::new(
+                    format!("Pod/{name}"),
+                    Category::Realisation,
+                    ResultKind::Warn,
+                    format!(
+                        "address {} is also claimed by {}, which owns it: no policy applies to \
+                         this pod through it and no peer selector matches it there (owner: not \
+                         terminating before terminating, then newest creationTimestamp, then \
+                         namespace/name)",
+                        conflict.address, conflict.owner
+                    ),
+                )
+                .resource(ObjectRef {
+                    api_version: "v1",
+                    kind: "Pod",
+                    namespace: Some(namespace.to_string()),
+                    name: name.to_string(),
+                })
+                .property("address", conflict.address.to_string())
+                .property("owner", conflict.owner.clone()),
             );
         }
     }

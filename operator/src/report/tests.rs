@@ -890,3 +890,53 @@ fn priority_ties_warn_on_both_policies() {
         ]
     );
 }
+
+/// A Terminating pod whose address a new pod of another namespace already has: the loser's
+/// namespace report warns, naming the address and the owner; the owner's says nothing.
+#[test]
+fn an_address_claimed_twice_warns_in_the_losers_namespace() {
+    let set = Case::new(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: prod, labels: {app: old}, creationTimestamp: "2025-12-31T00:00:00Z", deletionTimestamp: "2025-12-31T23:59:00Z"}
+spec: {nodeName: n1}
+status: {phase: Running, podIP: 10.1.0.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: new, namespace: other, labels: {app: new}, creationTimestamp: "2025-12-31T23:59:30Z"}
+spec: {nodeName: n1}
+status: {phase: Running, podIP: 10.1.0.9}
+"#,
+    )
+    .set();
+    let conflicts = |ns: &str| -> Vec<(String, String, BTreeMap<String, String>)> {
+        set.reports[&model::Scope::Namespace(ns.to_string())]
+            .iter()
+            .filter(|f| f.message.contains("also claimed"))
+            .map(|f| (f.policy.clone(), f.message.clone(), f.properties.clone()))
+            .collect()
+    };
+    let prod = conflicts("prod");
+    assert_eq!(prod.len(), 1, "{prod:?}");
+    let (policy, message, properties) = &prod[0];
+    assert_eq!(policy, "Pod/old");
+    assert!(
+        message.starts_with("address 10.1.0.9 is also claimed by other/new, which owns it"),
+        "{message}"
+    );
+    assert_eq!(
+        properties.get("owner").map(String::as_str),
+        Some("other/new")
+    );
+    assert_eq!(
+        properties.get("address").map(String::as_str),
+        Some("10.1.0.9")
+    );
+    assert!(conflicts("other").is_empty());
+}
