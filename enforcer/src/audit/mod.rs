@@ -177,7 +177,8 @@ impl Drop for Capture {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch (0 before it).
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -353,23 +353,8 @@ impl NflogSocket {
             what,
             source,
         };
-        let msg = config_message(self.group, attrs);
-        // SAFETY: msg is a valid buffer of the given length; the kernel's address is zeroed.
-        let rc = unsafe {
-            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-            kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                std::ptr::addr_of!(kernel).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
+        self.send_to_kernel(&config_message(self.group, attrs))
+            .map_err(err)?;
         let mut buf = vec![0u8; 8192];
         for _ in 0..16 {
             let n = match self.recv(&mut buf) {
@@ -406,6 +391,28 @@ impl NflogSocket {
         self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
     }
 
+    /// Sends one netlink message to the kernel.
+    fn send_to_kernel(&self, msg: &[u8]) -> io::Result<()> {
+        // SAFETY: msg is a valid buffer of the given length; the kernel's address is zeroed.
+        let rc = unsafe {
+            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+            kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                std::ptr::addr_of!(kernel).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     /// Receives one datagram (possibly several messages).
     pub fn recv(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
         // SAFETY: buf is a valid writable buffer of the given length.
@@ -426,19 +433,7 @@ impl Drop for NflogSocket {
     fn drop(&mut self) {
         // Unbind so the group is free at once for the next reader; errors are moot.
         let msg = config_message(self.group, &attr(NFULA_CFG_CMD, &[NFULNL_CFG_CMD_UNBIND]));
-        // SAFETY: as in `config`.
-        unsafe {
-            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-            kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                std::ptr::addr_of!(kernel).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            );
-        }
+        let _ = self.send_to_kernel(&msg);
     }
 }
 

@@ -78,13 +78,6 @@ pub struct Spool {
     dropped: AtomicU64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn batch_meta(batch: &DecisionBatch, bytes: u64) -> Meta {
     Meta {
         bytes,
@@ -187,7 +180,9 @@ impl Spool {
         (inner.batches.len(), inner.bytes)
     }
 
-    /// Spools a new batch (making room as described above); returns its seq.
+    /// Spools a new batch (making room as described above); returns its seq. When it
+    /// cannot be written, its decisions are lost but never silently: a gap saying so,
+    /// and the gaps it carried, go with the next batch.
     pub fn append(&self, decisions: Vec<Decision>, gaps: Vec<Gap>) -> Result<u64, SpoolError> {
         let mut inner = self.inner();
         let mut batch = DecisionBatch {
@@ -197,17 +192,52 @@ impl Spool {
             gaps,
         };
         batch.gaps.append(&mut inner.pending_gaps);
+        let written = self
+            .make_room(&mut inner, &mut batch)
+            .and_then(|json| write_atomically(&self.path(batch.seq), &json).map(|()| json));
+        let json = match written {
+            Ok(json) => json,
+            Err(e) => {
+                let meta = batch_meta(&batch, 0);
+                inner.pending_gaps.append(&mut batch.gaps);
+                if meta.lost_if_dropped > 0 {
+                    inner.pending_gaps.push(Gap {
+                        node: self.node.clone(),
+                        from_ms: meta.from_ms,
+                        to_ms: meta.to_ms,
+                        lost: meta.lost_if_dropped,
+                        reason: format!("spool write failed: {e}"),
+                    });
+                }
+                return Err(e);
+            }
+        };
+        let bytes = json.len() as u64;
+        inner.batches.insert(batch.seq, batch_meta(&batch, bytes));
+        inner.bytes += bytes;
+        inner.next_seq = batch.seq + 1;
+        drop(inner);
+        self.notify.notify_one();
+        Ok(batch.seq)
+    }
+
+    /// Drops the oldest batches until `batch` fits (its own decisions last, when it
+    /// is too big alone), adding a gap for what went to it; returns its JSON.
+    fn make_room(
+        &self,
+        inner: &mut Inner,
+        batch: &mut DecisionBatch,
+    ) -> Result<Vec<u8>, SpoolError> {
         let mut full_gap: Option<Gap> = None;
-        let json = loop {
-            let mut candidate = batch.clone();
-            candidate.gaps.extend(full_gap.clone());
-            let json = serde_json::to_vec(&candidate).map_err(|e| SpoolError::Corrupt {
+        loop {
+            // The gap so far rides along while the size is checked.
+            batch.gaps.extend(full_gap.clone());
+            let json = serde_json::to_vec(&*batch).map_err(|e| SpoolError::Corrupt {
                 path: self.path(batch.seq),
                 reason: e.to_string(),
             })?;
             if inner.bytes + json.len() as u64 <= self.max_bytes {
-                batch = candidate;
-                break json;
+                return Ok(json);
             }
             let (lost, from, to) = if let Some((&old, &meta)) = inner.batches.iter().next() {
                 let path = self.path(old);
@@ -217,14 +247,16 @@ impl Spool {
                 (meta.lost_if_dropped, meta.from_ms, meta.to_ms)
             } else if !batch.decisions.is_empty() {
                 // Alone too big: its decisions go, the gap says so.
-                let meta = batch_meta(&batch, 0);
+                let meta = batch_meta(batch, 0);
                 batch.decisions.clear();
                 (meta.lost_if_dropped, meta.from_ms, meta.to_ms)
             } else {
                 // Only gaps, and still too big: written anyway (a few hundred bytes).
-                batch = candidate;
-                break json;
+                return Ok(json);
             };
+            if full_gap.is_some() {
+                batch.gaps.pop();
+            }
             self.dropped.fetch_add(lost, Ordering::Relaxed);
             let gap = full_gap.get_or_insert_with(|| Gap {
                 node: self.node.clone(),
@@ -236,16 +268,7 @@ impl Spool {
             gap.lost += lost;
             gap.from_ms = gap.from_ms.min(from);
             gap.to_ms = gap.to_ms.max(to);
-        };
-        let path = self.path(batch.seq);
-        write_atomically(&path, &json)?;
-        let bytes = json.len() as u64;
-        inner.batches.insert(batch.seq, batch_meta(&batch, bytes));
-        inner.bytes += bytes;
-        inner.next_seq = batch.seq + 1;
-        drop(inner);
-        self.notify.notify_one();
-        Ok(batch.seq)
+        }
     }
 
     /// The first spooled batch after `seq` (in order), read from its file.
@@ -329,7 +352,7 @@ impl Spool {
         Gap {
             node: self.node.clone(),
             from_ms,
-            to_ms: now_ms(),
+            to_ms: super::now_ms(),
             lost,
             reason: reason.to_string(),
         }
@@ -438,6 +461,37 @@ mod tests {
         let spool = Spool::open(&dir, "n1", 1 << 20).expect("reopens");
         assert_eq!(spool.append(vec![decision(1, 40)], vec![]).expect("d"), 4);
         assert_eq!(spool.acked(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_written_becomes_a_gap_of_the_next() {
+        let dir = tempdir("unwritable");
+        let spool = Spool::open(&dir, "n1", 1 << 20).expect("opens");
+        // Its temporary file cannot be created: a directory stands in the way.
+        let blocker = spool.path(1).with_extension("tmp");
+        std::fs::create_dir_all(&blocker).expect("blocker");
+        let carried = Gap {
+            node: "n1".into(),
+            from_ms: 1,
+            to_ms: 2,
+            lost: 3,
+            reason: "kernel NFLOG buffer overrun (ENOBUFS)".into(),
+        };
+        let failed = spool.append(vec![decision(7, 100)], vec![carried.clone()]);
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(spool.pending().0, 0);
+        std::fs::remove_dir(&blocker).expect("unblock");
+        let seq = spool.append(vec![], vec![]).expect("spooled");
+        let next = spool.next_after(seq - 1).expect("reads").expect("a batch");
+        assert_eq!(next.gaps.len(), 2, "{next:?}");
+        assert_eq!(next.gaps[0], carried);
+        assert_eq!(next.gaps[1].lost, 7);
+        assert_eq!((next.gaps[1].from_ms, next.gaps[1].to_ms), (100, 101));
+        assert!(
+            next.gaps[1].reason.starts_with("spool write failed"),
+            "{next:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
