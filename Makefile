@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # postgresql: the audit store's tests start their own server from its binaries
 # (audit/src/pg_harness.rs: initdb into a temporary folder, a loopback port).
-APT_PACKAGES := iptables ipset conntrack iproute2 kmod postgresql
+APT_PACKAGES := iptables ipset conntrack iproute2 kmod procps nftables postgresql
 # The chart's tests (charts/tests) drive the real Helm engine through helm-python-sdk.
 PYTHON ?= python3
 PIP_PACKAGES := helm-python-sdk==0.2.2 pytest==9.2.0 PyYAML==6.0.3
@@ -37,7 +37,7 @@ test: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
 	# after the build: the chart's test runs the binaries' argument parsers on what it renders
-	$(PYTHON) -m pytest -q -p no:cacheprovider charts/tests
+	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider charts/tests
 	$(CARGO) test --workspace
 	$(CARGO) run -q -p palisade-cli --bin palisade -- test e2e/scenarios/
 	$(CARGO) run -q -p e2e -- run --sctp-raw e2e/scenarios/

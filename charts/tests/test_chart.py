@@ -467,6 +467,8 @@ BAD_VALUES = {
     "relative state dir": {"enforcer": {"stateDir": "var/lib/palisade"}},
     "otel endpoint without scheme": {"otel": {"endpoint": "otel:4317"}},
     "bad issuer kind": {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "x", "kind": "Vault"}}}},
+    "issuer without a name": {"tls": {"certManager": {"enabled": True, "issuerRef": {"kind": "ClusterIssuer"}}}},
+    "zero retention age with a unit": {"audit": {"retention": {"age": "0d"}}},
 }
 
 
@@ -553,8 +555,18 @@ def test_dockerfiles_build_binaries_of_the_workspace():
     op = (REPO / "operator/Dockerfile").read_text()
     assert re.search(r"^USER 65532", op, re.M), "the operator image runs as non-root"
     enf = (REPO / "enforcer/Dockerfile").read_text()
-    for pkg in ["iptables", "ipset", "conntrack"]:
-        assert pkg in enf
+    # What the enforcer runs: iptables (both backends), ipset, conntrack, and `ip` (the
+    # node's addresses, for revocation). Read from the install line, not from comments.
+    lines = enf.splitlines()
+    start = next(i for i, l in enumerate(lines) if "apt-get install" in l)
+    words = lines[start].split("install", 1)[1].split()
+    for line in lines[start + 1:]:
+        if line.lstrip().startswith("&&"):
+            break
+        words += line.split()
+    packages = {w for w in words if not w.startswith("-") and w != "\\"}
+    for pkg in ["iptables", "ipset", "conntrack", "iproute2"]:
+        assert pkg in packages, f"enforcer image lacks {pkg}: {sorted(packages)}"
     # The chart's images are the ones these files build.
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["operator"]["image"]["repository"] == "palisade-operator"

@@ -1,9 +1,10 @@
 //! The `palisade` command (also the kubectl plugin `kubectl-palisade`).
 //!
 //! `test` runs scenario files through the engine, `explain` shows why a connection
-//! is allowed or denied, `report` prints the policy report the operator wrote. All policy
-//! logic lives in `palisade-policy`; this crate only reads files (or report objects) and
-//! prints.
+//! is allowed or denied, `report` prints the policy report the operator wrote, `audit`
+//! queries the audit log (its database, or the operator's query API). All policy logic
+//! lives in `palisade-policy`; this crate reads files, report objects or the audit log,
+//! and prints.
 
 mod audit;
 mod explain;
