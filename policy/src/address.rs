@@ -161,7 +161,11 @@ impl AddressBook {
         let before = self.lost[pod];
         self.lost[pod] = 0;
         let mut moved = Vec::new();
-        for ip in old_ips.iter().chain(new_ips.iter()) {
+        // Each address once (old and new addresses mostly overlap).
+        for ip in old_ips
+            .iter()
+            .chain(new_ips.iter().filter(|ip| !old_ips.contains(ip)))
+        {
             self.resolve(*ip, pods, &mut moved);
         }
         // The pod itself moved only if what it owns differs from before the reset.

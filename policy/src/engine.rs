@@ -424,7 +424,7 @@ impl Engine {
             .iter()
             .flat_map(|&s| self.lookup.peer_users[s].iter().copied())
             .collect();
-        if ips_changed || !moved.is_empty() || labels_changed {
+        if !moved.is_empty() || labels_changed {
             touched.extend(self.lookup.named_egress.iter().copied());
         }
         for policy in touched {
