@@ -16,7 +16,7 @@ fn version(full: &Migrator, n: usize) -> Migrator {
 }
 
 /// The versions an existing database may be at (every earlier one).
-const EARLIER: [usize; 2] = [1, 2];
+const EARLIER: [usize; 3] = [1, 2, 3];
 
 const V1_ROW: &str = "INSERT INTO decisions (source, seq, idx, first_seen_ms, last_seen_ms, \
     count, node, direction, verdict, protocol, src_ip, src_port, dst_ip, dst_port, \
@@ -25,19 +25,19 @@ const V1_ROW: &str = "INSERT INTO decisions (source, seq, idx, first_seen_ms, la
     'deny', 'tcp', '10.0.0.1', 1234, '10.0.0.2', 80, 'a', 'p', 'b', 'q', 'P1R0I', \
     'networkpolicy', NULL, NULL, NULL, '[\"NetworkPolicy b/deny\"]', {T})";
 
-const INDEXES: [&str; 5] = [
+const INDEXES: [&str; 4] = [
     "decisions_last_seen",
     "decisions_dst_ns",
     "decisions_src_ns",
     "decisions_verdict",
-    "decisions_policy",
 ];
 
-/// Indexes of version 2 that version 3 replaced.
-const DROPPED: [&str; 3] = [
+/// Indexes of version 2 that version 3 replaced, and the unused one version 4 dropped.
+const DROPPED: [&str; 4] = [
     "decisions_dst_pod",
     "decisions_src_pod",
     "decisions_dst_verdict",
+    "decisions_policy",
 ];
 
 /// What the latest schema must have, and the v1 row read through it.
@@ -47,7 +47,7 @@ async fn check_latest(
     applied: Vec<i64>,
     rows: usize,
 ) {
-    assert_eq!(applied, vec![1, 2, 3]);
+    assert_eq!(applied, vec![1, 2, 3, 4]);
     for name in INDEXES {
         assert!(
             indexes.iter().any(|i| i == name),
@@ -146,7 +146,7 @@ async fn postgres_from_empty_and_from_every_earlier_version() {
     let admin = postgres::PgStore::open_unmigrated(&pg.url())
         .await
         .expect("connect");
-    for db in ["empty", "v1", "v2"] {
+    for db in ["empty", "v1", "v2", "v3"] {
         sqlx::query(&format!("CREATE DATABASE {db}"))
             .execute(admin.pool())
             .await
@@ -205,7 +205,7 @@ async fn readers_open_only_a_migrated_database() {
         .await
         .err()
         .expect("old schema refused");
-    assert!(err.to_string().contains("schema version 1, not 3"), "{err}");
+    assert!(err.to_string().contains("schema version 1, not 4"), "{err}");
     sqlite::SqliteStore::open(&old)
         .await
         .expect("migrate")
