@@ -155,18 +155,12 @@ fn run(lab: &Lab, rate: u64, secs: u64, distinct: bool, tag: &str) -> Figures {
     let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
     let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
     let capture = lab.node.run(|| {
-        enforcer.apply(&state()).expect("apply");
-        Capture::start(&config, "bench", emit).expect("capture")
-    });
-    {
-        let (ids, rs) = enforcer.attribution();
-        let pods = rs.map(|r| r.pods.clone()).unwrap_or_default();
+        let capture = Capture::start(&config, "bench", emit).expect("capture");
+        enforcer
+            .apply_attributed(&state(), &capture.attribution)
+            .expect("apply");
         capture
-            .attribution
-            .lock()
-            .expect("lock")
-            .update(ids, &pods, Instant::now());
-    }
+    });
     let ticks_per_sec = 100.0; // USER_HZ
     let before = thread_ticks("nflog-reader").expect("reader thread");
     let t0 = Instant::now();

@@ -33,14 +33,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ipnet::IpNet;
-use palisade_policy::compiled::NodeRuleSet;
+use palisade_policy::compiled::{LocalPod, NodeRuleSet};
 use palisade_policy::model::Family;
 use serde::Serialize;
 
+use crate::audit::{Attribution, Ids};
 use crate::check::check;
 use crate::error::{ApplyError, RuleIssue};
 use crate::eval::{Evaluator, Flow, Verdict, L4};
@@ -48,7 +49,7 @@ use crate::names::{
     is_our_chain, is_our_set, CHAIN_DENY, CHAIN_FORWARD, HOOK_COMMENT, TEMP_SET_SUFFIX,
 };
 use crate::render::{
-    delta, render_checked, AuditRules, Delta, Installed, Members, RenderOptions, RuleRef,
+    delta, render_checked, AuditRules, Delta, Installed, Members, RenderOptions, Rendered,
 };
 
 /// Which iptables implementation to drive.
@@ -135,8 +136,8 @@ pub struct Enforcer {
     installed: Option<[Installed; 2]>,
     /// The previous state, to find connections that were allowed.
     previous: Option<Evaluator>,
-    /// What the short ids (NFLOG prefixes) of the rules last applied stand for.
-    ids: Arc<BTreeMap<String, RuleRef>>,
+    /// What the short ids (NFLOG prefixes) of the rules last published stand for.
+    ids: Ids,
 }
 
 impl Enforcer {
@@ -159,15 +160,6 @@ impl Enforcer {
         self.backend
     }
 
-    /// What the short ids of the last rendered rule set stand for (the audit
-    /// reader's attribution), and that rule set (its local pods).
-    pub fn attribution(&self) -> (Arc<BTreeMap<String, RuleRef>>, Option<&NodeRuleSet>) {
-        (
-            Arc::clone(&self.ids),
-            self.previous.as_ref().map(Evaluator::rule_set),
-        )
-    }
-
     /// Makes the kernel enforce `rs`, changing only what differs from what this
     /// enforcer installed last.
     ///
@@ -183,9 +175,41 @@ impl Enforcer {
     /// last. From the first change on, the address is denied or judged as the new
     /// pod, never as the old one.
     pub fn apply(&mut self, rs: &NodeRuleSet) -> Result<ApplyReport, ApplyError> {
+        self.apply_observed(rs, &mut |_, _| {})
+    }
+
+    /// [`Enforcer::apply`], keeping the audit reader's `attribution` in step: the
+    /// new rule set's ids and pods are published before the kernel changes (see
+    /// [`Enforcer::apply_observed`]).
+    pub fn apply_attributed(
+        &mut self,
+        rs: &NodeRuleSet,
+        attribution: &Mutex<Attribution>,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.apply_observed(rs, &mut |ids, pods| {
+            // A reader that panicked holding the lock left a whole map behind.
+            attribution
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(Arc::clone(ids), pods, Instant::now());
+        })
+    }
+
+    /// [`Enforcer::apply`], calling `observe` with the short ids (NFLOG prefixes)
+    /// of the new rule set and its local pods once it is rendered and before the
+    /// kernel changes: a rule logs from its first packet, which must find its id
+    /// known. The map is the same `Arc` as last time when no id changed. When the
+    /// apply fails before the new rules are all installed, `observe` is called
+    /// again with the ids and pods of the rule set applied before (the kernel holds
+    /// those, or a part of each).
+    pub fn apply_observed(
+        &mut self,
+        rs: &NodeRuleSet,
+        observe: &mut dyn FnMut(&Ids, &[LocalPod]),
+    ) -> Result<ApplyReport, ApplyError> {
         let start = Instant::now();
         let (checked, issues) = check(rs)?;
-        let rendered = render_checked(
+        let mut rendered = render_checked(
             &checked,
             issues,
             &RenderOptions {
@@ -194,6 +218,46 @@ impl Enforcer {
             },
         )?;
         let evaluator = Evaluator::from_checked(checked.into_owned());
+        let ids = std::mem::take(&mut rendered.ids);
+        // The same Arc for the same ids: the attribution then keeps the sets it
+        // retired before instead of retiring an identical one.
+        let ids = if ids == *self.ids {
+            Arc::clone(&self.ids)
+        } else {
+            Arc::new(ids)
+        };
+        let before = std::mem::replace(&mut self.ids, ids);
+        observe(&self.ids, &evaluator.rule_set().pods);
+        match self.program(&rendered, evaluator) {
+            Ok(mut report) => {
+                report.version = rs.version;
+                report.elapsed_us = start.elapsed().as_micros();
+                Ok(report)
+            }
+            // Installed: only revocation failed, the new rules are in force.
+            Err(e) if self.installed.is_some() => Err(e),
+            Err(e) => {
+                // The kernel holds the old rules, or a part of each: the old ids
+                // are current again, the new ones stay known as replaced.
+                self.ids = before;
+                let pods = self
+                    .previous
+                    .as_ref()
+                    .map(|old| old.rule_set().pods.as_slice())
+                    .unwrap_or_default();
+                observe(&self.ids, pods);
+                Err(e)
+            }
+        }
+    }
+
+    /// The kernel part of an apply (steps 0 to 5): `rendered` installed, then
+    /// `evaluator` is the previous state.
+    fn program(
+        &mut self,
+        rendered: &Rendered,
+        evaluator: Evaluator,
+    ) -> Result<ApplyReport, ApplyError> {
         let first = self.installed.is_none();
         let (mut installed, leftovers) = match self.installed.take() {
             Some(i) => (i, Vec::new()),
@@ -216,7 +280,6 @@ impl Enforcer {
             Installed::from(&rendered.ipv6),
         ]);
         let mut report = ApplyReport {
-            version: rs.version,
             issues: rendered.issues.clone(),
             ..ApplyReport::default()
         };
@@ -234,8 +297,6 @@ impl Enforcer {
             report.errors = errors;
         }
         self.previous = Some(evaluator);
-        self.ids = Arc::new(rendered.ids);
-        report.elapsed_us = start.elapsed().as_micros();
         Ok(report)
     }
 
@@ -545,13 +606,21 @@ pub const IPSET_MAX_SETS_PARAM: &str = "/sys/module/ip_set/parameters/max_sets";
 /// The kernel's default number of slots (`CONFIG_IP_SET_MAX`).
 const IPSET_DEFAULT_SLOTS: usize = 256;
 
-/// A hint when an apply created more sets than a table of the size `max_sets_param`
-/// (the parameter's text, `None` when unreadable) starts with: the kernel grows the
-/// table 64 slots at a time, one RCU grace period each, the first time a namespace
-/// holds that many sets, which is most of a first program's time on a big node.
-/// `None` when the table starts large enough.
-pub fn ipset_table_hint(sets_created: usize, max_sets_param: Option<&str>) -> Option<String> {
-    let configured = max_sets_param.and_then(|t| t.trim().parse::<usize>().ok());
+/// A hint when an apply created more sets than a table of the size `read_max_sets`
+/// gives (the parameter's text, `None` when unreadable) starts with: the kernel grows
+/// the table 64 slots at a time, one RCU grace period each, the first time a
+/// namespace holds that many sets, which is most of a first program's time on a big
+/// node. `None` when the table starts large enough. The parameter is read only when
+/// more than the default 256 sets were created: below that, growing a table
+/// configured smaller costs a few steps at most, not worth a read per apply.
+pub fn ipset_table_hint(
+    sets_created: usize,
+    read_max_sets: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    if sets_created <= IPSET_DEFAULT_SLOTS {
+        return None;
+    }
+    let configured = read_max_sets().and_then(|t| t.trim().parse::<usize>().ok());
     let slots = match configured {
         Some(0) | None => IPSET_DEFAULT_SLOTS,
         Some(n) => n,
@@ -559,7 +628,7 @@ pub fn ipset_table_hint(sets_created: usize, max_sets_param: Option<&str>) -> Op
     (sets_created > slots).then(|| {
         format!(
             "{sets_created} ipsets created where the kernel's table of sets starts with {slots} slots \
-             (ip_set max_sets {}): the kernel grows such a table 64 slots at a time, about 10 ms \
+             (ip_set max_sets {}): the kernel grows such a table 64 slots at a time, about 11 ms \
              per step, the first time a namespace holds that many sets; load ip_set with max_sets={} to program such a node faster after boot (README, \"Node tuning\")",
             configured.map_or("unreadable".to_string(), |n| n.to_string()),
             sets_created.next_power_of_two().max(4096)
@@ -1008,20 +1077,31 @@ mod tests {
 
     #[test]
     fn hints_at_the_ipset_table_only_when_it_grew() {
-        assert_eq!(ipset_table_hint(256, Some("0\n")), None);
-        assert_eq!(ipset_table_hint(2002, Some("4096")), None);
-        let hint = ipset_table_hint(257, Some("0")).expect("default table outgrown");
+        let param = |text: &'static str| move || Some(text.to_string());
+        // At most the default: the parameter is not even read.
+        let read = std::cell::Cell::new(false);
+        let reader = || {
+            read.set(true);
+            Some("100".to_string())
+        };
+        assert_eq!(ipset_table_hint(256, reader), None);
+        assert!(!read.get(), "max_sets read for 256 sets");
+        assert_eq!(ipset_table_hint(2002, param("4096")), None);
+        let hint = ipset_table_hint(257, param("0\n")).expect("default table outgrown");
         assert!(
             hint.contains("starts with 256 slots") && hint.contains("max_sets 0"),
             "{hint}"
         );
-        assert!(hint.contains("max_sets=4096"), "{hint}");
-        let hint = ipset_table_hint(5000, Some("1024")).expect("table outgrown");
+        assert!(
+            hint.contains("max_sets=4096") && hint.contains("about 11 ms"),
+            "{hint}"
+        );
+        let hint = ipset_table_hint(5000, param("1024")).expect("table outgrown");
         assert!(
             hint.contains("1024 slots") && hint.contains("max_sets=8192"),
             "{hint}"
         );
-        let hint = ipset_table_hint(300, None).expect("unreadable: the default");
+        let hint = ipset_table_hint(300, || None).expect("unreadable: the default");
         assert!(
             hint.contains("256 slots") && hint.contains("unreadable"),
             "{hint}"

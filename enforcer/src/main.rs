@@ -282,9 +282,10 @@ fn emit_report(report: &ApplyReport) {
     for error in &report.errors {
         emit(json!({"error": error, "version": report.version}));
     }
-    let param = std::fs::read_to_string(palisade_enforcer::apply::IPSET_MAX_SETS_PARAM).ok();
+    let read_max_sets =
+        || std::fs::read_to_string(palisade_enforcer::apply::IPSET_MAX_SETS_PARAM).ok();
     if let Some(hint) =
-        palisade_enforcer::apply::ipset_table_hint(report.sets_created, param.as_deref())
+        palisade_enforcer::apply::ipset_table_hint(report.sets_created, read_max_sets)
     {
         emit(json!({"hint": hint, "version": report.version}));
     }
@@ -365,16 +366,13 @@ struct KernelApplier {
 
 impl Applier for KernelApplier {
     fn apply(&mut self, state: &NodeRuleSet) -> Result<Vec<RuleError>, String> {
-        let report = self.enforcer.apply(state).map_err(|e| e.to_string())?;
-        self.applied = true;
-        if let Some(attribution) = &self.attribution {
-            let (ids, rs) = self.enforcer.attribution();
-            let pods = rs.map(|rs| rs.pods.as_slice()).unwrap_or_default();
-            attribution
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update(ids, pods, Instant::now());
+        // The capture learns the new rules' ids before the kernel logs under them.
+        let report = match &self.attribution {
+            Some(attribution) => self.enforcer.apply_attributed(state, attribution),
+            None => self.enforcer.apply(state),
         }
+        .map_err(|e| e.to_string())?;
+        self.applied = true;
         emit_report(&report);
         Ok(report
             .issues

@@ -143,18 +143,12 @@ fn real_traffic_produces_attributed_decisions() {
     let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
     let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
     let capture = lab.node.run(|| {
-        enforcer.apply(&rs).expect("apply");
-        Capture::start(&config, "node-a", emit).expect("capture starts")
-    });
-    {
-        let (ids, applied) = enforcer.attribution();
-        let pods = applied.map(|r| r.pods.clone()).unwrap_or_default();
+        let capture = Capture::start(&config, "node-a", emit).expect("capture starts");
+        enforcer
+            .apply_attributed(&rs, &capture.attribution)
+            .expect("apply");
         capture
-            .attribution
-            .lock()
-            .expect("lock")
-            .update(ids, &pods, Instant::now());
-    }
+    });
 
     // Allowed: three connections a → b:7001.
     for _ in 0..3 {
@@ -556,18 +550,12 @@ fn ipv6_decisions_are_captured_with_ports_and_icmpv6_types() {
     let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
     let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
     let capture = lab.node.run(|| {
-        enforcer.apply(&rs).expect("apply");
-        Capture::start(&config, "node-a", emit).expect("capture starts")
-    });
-    {
-        let (ids, applied) = enforcer.attribution();
-        let pods = applied.map(|r| r.pods.clone()).unwrap_or_default();
+        let capture = Capture::start(&config, "node-a", emit).expect("capture starts");
+        enforcer
+            .apply_attributed(&rs, &capture.attribution)
+            .expect("apply");
         capture
-            .attribution
-            .lock()
-            .expect("lock")
-            .update(ids, &pods, Instant::now());
-    }
+    });
     let std::net::IpAddr::V6(b6) = b else {
         panic!("b has an IPv6 address")
     };

@@ -2,11 +2,14 @@
 //! [`crate::Rendered::ids`]), local pod addresses to their pods.
 //!
 //! Logs lag rule updates (the kernel queues messages, the reader batches them), so
-//! after an update the ids of the previous rule set stay known for
-//! [`Attribution::keep_previous`]: a packet logged by a rule that was just
-//! replaced is still attributed to it.
+//! the ids of a replaced rule set stay known for the keep time given to
+//! [`Attribution::new`] after they were replaced: a packet logged by a rule that
+//! was just replaced is still attributed to it, whichever of the last few sets it
+//! came from. The enforcer publishes a new set before it changes the kernel
+//! ([`crate::Enforcer::attach_attribution`]), so the new rules are known from
+//! their first packet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,47 +24,57 @@ use crate::render::RuleRef;
 /// Short id → what it stands for.
 pub type Ids = Arc<BTreeMap<String, RuleRef>>;
 
+/// At most this many replaced rule sets stay known (each can hold tens of
+/// thousands of ids; under churn faster than the keep time, the oldest go first).
+const MAX_RETIRED: usize = 8;
+
 /// Maps log records to decisions.
 #[derive(Debug)]
 pub struct Attribution {
     node: String,
     current: Ids,
-    /// The ids in force before the last update, until the instant they are dropped.
-    previous: Option<(Ids, Instant)>,
+    /// Replaced rule sets, oldest first, each with the instant it stops being known.
+    retired: VecDeque<(Ids, Instant)>,
     pods: HashMap<IpAddr, Endpoint>,
-    keep_previous: Duration,
+    keep: Duration,
 }
 
 /// Why a record has no decision.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Unattributed {
-    /// The prefix names no rule of the current or previous rule set.
+    /// The prefix names no logging rule of the rule set in force or of one replaced
+    /// less than the keep time ago (a Pass rule has an id but never logs: a
+    /// record under its id did not come from our rules either).
     UnknownId(String),
-    /// The prefix names a Pass rule (never logged by our rules).
-    NotADecision(String),
 }
 
 impl Attribution {
-    pub fn new(node: &str, keep_previous: Duration) -> Self {
+    /// `keep`: how long the ids of a replaced rule set stay known.
+    pub fn new(node: &str, keep: Duration) -> Self {
         Attribution {
             node: node.to_string(),
             current: Ids::default(),
-            previous: None,
+            retired: VecDeque::new(),
             pods: HashMap::new(),
-            keep_previous,
+            keep,
         }
     }
 
-    /// How long the ids of a replaced rule set stay known.
-    pub fn keep_previous(&self) -> Duration {
-        self.keep_previous
-    }
-
-    /// A new rule set is in force.
+    /// `ids` (and `pods`) are in force from `now`. The same map again (the same
+    /// `Arc`: an apply that changed no rule) changes nothing; a new one retires the
+    /// current one for the keep time. A map that comes back (a failed apply undone)
+    /// leaves the retired list.
     pub fn update(&mut self, ids: Ids, pods: &[LocalPod], now: Instant) {
+        self.retired.retain(|(_, until)| now < *until);
         if !Arc::ptr_eq(&ids, &self.current) {
+            self.retired.retain(|(old, _)| !Arc::ptr_eq(old, &ids));
             let old = std::mem::replace(&mut self.current, ids);
-            self.previous = Some((old, now + self.keep_previous));
+            if !old.is_empty() {
+                self.retired.push_back((old, now + self.keep));
+            }
+            while self.retired.len() > MAX_RETIRED {
+                self.retired.pop_front();
+            }
         }
         self.pods.clear();
         for pod in pods {
@@ -77,11 +90,24 @@ impl Attribution {
         }
     }
 
-    fn lookup(&self, id: &str, now: Instant) -> Option<&RuleRef> {
-        self.current.get(id).or_else(|| match &self.previous {
-            Some((ids, until)) if now < *until => ids.get(id),
-            _ => None,
-        })
+    /// The rule `id` names and its verdict: in the set in force, else in the newest
+    /// replaced set still kept that has it. Pass rules decide nothing and never
+    /// log, so their ids name no decision.
+    fn lookup(&self, id: &str, now: Instant) -> Option<(&RuleRef, Verdict)> {
+        std::iter::once(&self.current)
+            .chain(
+                self.retired
+                    .iter()
+                    .rev()
+                    .filter(|(_, until)| now < *until)
+                    .map(|(ids, _)| ids),
+            )
+            .find_map(|ids| ids.get(id))
+            .and_then(|r| match r.action {
+                Action::Accept => Some((r, Verdict::Allow)),
+                Action::Deny => Some((r, Verdict::Deny)),
+                Action::Pass => None,
+            })
     }
 
     /// The decision a record stands for (count 1, seen at `at_ms`).
@@ -91,14 +117,9 @@ impl Attribution {
         at_ms: i64,
         now: Instant,
     ) -> Result<Decision, Unattributed> {
-        let r = self
+        let (r, verdict) = self
             .lookup(&record.prefix, now)
             .ok_or_else(|| Unattributed::UnknownId(record.prefix.clone()))?;
-        let verdict = match r.action {
-            Action::Accept => Verdict::Allow,
-            Action::Deny => Verdict::Deny,
-            Action::Pass => return Err(Unattributed::NotADecision(record.prefix.clone())),
-        };
         let p = &record.packet;
         // Source ports of connections are ephemeral: identical decisions differ
         // only by them, so they are left out (ICMP keeps its type).
@@ -200,6 +221,71 @@ mod tests {
         assert_eq!(
             a.decision(&record("nope"), 5, t0),
             Err(Unattributed::UnknownId("nope".into()))
+        );
+    }
+
+    #[test]
+    fn every_set_replaced_within_the_keep_time_stays_known() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut a = Attribution::new("n1", s(30));
+        a.update(ids("PaR0I", Action::Accept), &[], t0);
+        a.update(ids("PbR0I", Action::Accept), &[], t0 + s(1));
+        a.update(ids("PcR0I", Action::Accept), &[], t0 + s(2));
+        // A lagging log of the set before the last (retired at t0 + 1 s).
+        assert!(a.decision(&record("PaR0I"), 5, t0 + s(2)).is_ok());
+        assert!(a.decision(&record("PbR0I"), 5, t0 + s(2)).is_ok());
+        // Each set stays known for the keep time after its own retirement.
+        let later = t0 + s(31) + Duration::from_millis(500);
+        assert_eq!(
+            a.decision(&record("PaR0I"), 5, later),
+            Err(Unattributed::UnknownId("PaR0I".into()))
+        );
+        assert!(a.decision(&record("PbR0I"), 5, later).is_ok());
+        assert!(a.decision(&record("PcR0I"), 5, t0 + s(3600)).is_ok());
+    }
+
+    #[test]
+    fn the_same_map_again_retires_nothing_and_a_returning_map_is_current() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new("n1", Duration::from_secs(30));
+        let first = ids("PaR0I", Action::Accept);
+        let second = ids("PbR0I", Action::Deny);
+        a.update(Arc::clone(&first), &[], t0);
+        a.update(Arc::clone(&second), &[], t0);
+        a.update(Arc::clone(&second), &[], t0);
+        assert_eq!(a.retired.len(), 1, "an unchanged map is not retired");
+        // A failed apply undone: the first map is current again, not also retired.
+        a.update(Arc::clone(&first), &[], t0);
+        assert_eq!(a.retired.len(), 1);
+        assert!(Arc::ptr_eq(&a.retired[0].0, &second));
+        assert!(a
+            .decision(&record("PaR0I"), 5, t0 + Duration::from_secs(3600))
+            .is_ok());
+    }
+
+    #[test]
+    fn keeps_a_bounded_number_of_replaced_sets() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new("n1", Duration::from_secs(30));
+        for i in 0..=MAX_RETIRED + 2 {
+            a.update(ids(&format!("P{i}R0I"), Action::Accept), &[], t0);
+        }
+        assert_eq!(a.retired.len(), MAX_RETIRED);
+        // The oldest went first.
+        assert!(a.decision(&record("P0R0I"), 5, t0).is_err());
+        assert!(a.decision(&record("P1R0I"), 5, t0).is_err());
+        assert!(a.decision(&record("P2R0I"), 5, t0).is_ok());
+    }
+
+    #[test]
+    fn a_pass_rule_id_is_no_decision() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new("n1", Duration::from_secs(30));
+        a.update(ids("PaR0I", Action::Pass), &[], t0);
+        assert_eq!(
+            a.decision(&record("PaR0I"), 5, t0),
+            Err(Unattributed::UnknownId("PaR0I".into()))
         );
     }
 }
