@@ -127,6 +127,8 @@ pub enum RunError {
     Stream(#[from] crate::stream::StreamError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditStartError),
+    #[error("policy reports: {0}")]
+    Report(#[from] crate::report::ReportError),
 }
 
 /// The shared parts of a running operator, for the parts that serve from it.
@@ -255,7 +257,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         client.clone(),
         denied,
         events_tx,
-    );
+    )?;
     let mut source_task = tokio::spawn(source.run(events_tx));
     // `kubectl get tnp` rule counts, written by the leader (a cluster only).
     let tnp_status_task = client

@@ -11,7 +11,7 @@
 //! `ca.crt`); deleting the Secret replaces it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -271,35 +271,20 @@ pub async fn ensure(
 pub fn write_files(material: &Material, settings: &CertSettings) -> Result<bool, CertError> {
     let mut wrote = false;
     // The key first: the stream re-reads both when the certificate changes.
-    for (path, text, private) in [
-        (&settings.key_file, &material.key, true),
-        (&settings.cert_file, &material.cert, false),
+    for (path, text, mode) in [
+        (&settings.key_file, &material.key, 0o600),
+        (&settings.cert_file, &material.cert, 0o644),
     ] {
         if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
             continue;
         }
-        write_atomically(path, text, private).map_err(|source| CertError::Write {
+        crate::files::write_atomically(path, text, mode).map_err(|source| CertError::Write {
             path: path.display().to_string(),
             source,
         })?;
         wrote = true;
     }
     Ok(wrote)
-}
-
-fn write_atomically(path: &Path, text: &str, private: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Once: the Secret made right and the files written (before the stream starts).
@@ -333,6 +318,7 @@ pub async fn run(client: kube::Client, settings: CertSettings, shutdown: Cancell
 mod tests {
     use super::*;
     use crate::verifier;
+    use std::path::Path;
     use std::sync::Arc;
     use tokio_rustls::rustls::client::danger::ServerCertVerifier;
     use tokio_rustls::rustls::client::WebPkiServerVerifier;
@@ -522,6 +508,27 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // The files are what the stream serves.
         crate::stream::tls::server_config(&s.cert_file, &s.key_file).expect("served");
+    }
+
+    /// A 0644 temporary file left by an interrupted write (or an older version, which used
+    /// one `tls.tmp` for both files) must not make the key world-readable.
+    #[test]
+    fn a_leftover_temp_file_does_not_make_the_key_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = settings(dir.path());
+        for leftover in [".tls.key.tmp", ".tls.crt.tmp", "tls.tmp"] {
+            let path = dir.path().join(leftover);
+            std::fs::write(&path, "stale").expect("leftover");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let m = issue(None, &s.names, s.validity, at(NOW)).expect("issued");
+        assert!(write_files(&m, &s).expect("written"));
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&s.key_file), 0o600, "the key is private");
+        assert_eq!(mode(&s.cert_file), 0o644);
+        assert_eq!(std::fs::read_to_string(&s.key_file).expect("key"), m.key);
+        assert_eq!(std::fs::read_to_string(&s.cert_file).expect("cert"), m.cert);
     }
 
     #[tokio::test]

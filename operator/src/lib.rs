@@ -20,6 +20,7 @@
 pub mod app;
 pub mod audit;
 pub mod certs;
+pub mod files;
 pub mod health;
 pub mod hub;
 pub mod leader;

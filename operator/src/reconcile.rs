@@ -64,9 +64,6 @@ pub struct Reconciler {
     pods_changed: bool,
     /// Addresses claimed by several pods as of the last commit (logged when they change).
     conflicts: Vec<palisade_policy::address::AddressConflict>,
-    /// `--audit-default` when it is not `all` (the rule sets' own default, left unset so
-    /// their digest is the engine's).
-    audit_default: Option<palisade_policy::model::AuditMode>,
 }
 
 impl Reconciler {
@@ -89,13 +86,14 @@ impl Reconciler {
             pod_ips: None,
             pods_changed: false,
             conflicts: Vec::new(),
-            audit_default: None,
         }
     }
 
-    /// Sets the audit default of every published rule set (`None`: all decisions).
+    /// Sets the audit default of every published rule set (`None`: all decisions, left
+    /// unset so the rule sets' digest is the engine's). The index compiles it into each
+    /// state, so a commit publishes the index's own states without copying them.
     pub fn with_audit_default(mut self, mode: Option<palisade_policy::model::AuditMode>) -> Self {
-        self.audit_default = mode;
+        self.index = std::mem::take(&mut self.index).with_audit_default(mode);
         self
     }
 
@@ -255,13 +253,7 @@ impl Reconciler {
                 }
                 if n > 0 {
                     debug!(nodes = n, took_ms = took.as_secs_f64() * 1e3, "published");
-                    match self.audit_default {
-                        None => self.hub.publish(changed),
-                        Some(mode) => self.hub.publish(changed.into_iter().map(|mut state| {
-                            Arc::make_mut(&mut state).audit_default = Some(mode);
-                            state
-                        })),
-                    }
+                    self.hub.publish(changed);
                 }
                 self.hub.retain_nodes(&self.index.node_names());
                 if !self.status.is_synced() {
@@ -309,14 +301,7 @@ impl Reconciler {
     /// cluster's first one): on a multi-threaded runtime the worker hands its other tasks
     /// (stream, health) to the other workers meanwhile. Errors are logged and counted.
     fn commit_in_place(&mut self) {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        let multi_thread =
-            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-        let _ = if multi_thread {
-            tokio::task::block_in_place(|| self.commit())
-        } else {
-            self.commit()
-        };
+        let _ = in_place(|| self.commit());
     }
 
     /// Applies events until the channel closes, committing as [`Debounce`] says.
@@ -363,6 +348,20 @@ impl Reconciler {
                 None => (now, now),
             });
         }
+    }
+}
+
+/// Runs CPU work on this worker, letting a multi-threaded runtime move the worker's other
+/// tasks elsewhere meanwhile (`block_in_place` panics on a current-thread runtime, which
+/// tests use: there the work simply runs).
+pub(crate) fn in_place<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 

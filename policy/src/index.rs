@@ -19,9 +19,7 @@ use rustc_hash::FxHashMap;
 use crate::compile::compile_node;
 use crate::compiled::NodeRuleSet;
 use crate::engine::Engine;
-use crate::model::{
-    Cluster, Namespace, Node, Pod, Policy, PolicyId, PolicyKind, Tier, TIER_NETWORKPOLICY,
-};
+use crate::model::{AuditMode, Cluster, Namespace, Node, Pod, Policy, PolicyId, Tier};
 use crate::PolicyError;
 
 /// One change waiting for the next commit.
@@ -47,11 +45,21 @@ pub struct ClusterIndex {
     pending: Vec<Change>,
     /// Shared with what commits return, so a published state is never copied.
     states: BTreeMap<String, Arc<NodeRuleSet>>,
+    /// Written into every compiled state (see [`NodeRuleSet::audit_default`]).
+    audit_default: Option<AuditMode>,
 }
 
 impl ClusterIndex {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets which decisions every compiled state audits for policies that do not say
+    /// (`None`: all). Set once before the first commit: the states are compiled with it, so
+    /// a commit never copies a published state to change it.
+    pub fn with_audit_default(mut self, mode: Option<AuditMode>) -> Self {
+        self.audit_default = mode;
+        self
     }
 
     /// Replaces everything (a full resync), keeping node versions monotonic.
@@ -60,7 +68,7 @@ impl ClusterIndex {
             t.validate()?;
         }
         for p in &cluster.policies {
-            check_tier_of(p)?;
+            p.check_tier()?;
         }
         self.pending.clear();
         self.pending.push(Change::Reset(cluster));
@@ -95,7 +103,7 @@ impl ClusterIndex {
     /// Adds or replaces a policy. A NetworkPolicy outside its tier (or another
     /// kind inside it) is refused, so one bad object never stops the others.
     pub fn apply_policy(&mut self, policy: Policy) -> Result<(), PolicyError> {
-        check_tier_of(&policy)?;
+        policy.check_tier()?;
         self.pending.push(Change::Policy(policy));
         Ok(())
     }
@@ -167,10 +175,11 @@ impl ClusterIndex {
                 .collect(),
         };
         let states = &self.states;
-        let changed: Vec<Arc<NodeRuleSet>> = compile_changed(engine, &nodes, states)
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let changed: Vec<Arc<NodeRuleSet>> =
+            compile_changed(engine, &nodes, states, self.audit_default)
+                .into_iter()
+                .map(Arc::new)
+                .collect();
         for state in &changed {
             self.states.insert(state.node.clone(), Arc::clone(state));
         }
@@ -222,9 +231,11 @@ fn compile_changed(
     engine: &Engine,
     nodes: &[&str],
     previous: &BTreeMap<String, Arc<NodeRuleSet>>,
+    audit_default: Option<AuditMode>,
 ) -> Vec<NodeRuleSet> {
     let compile = |name: &str| {
         let mut state = compile_node(engine, name, 0);
+        state.audit_default = audit_default;
         let before = previous.get(name).map(|s| s.as_ref());
         let version = before.map_or(0, |p| p.version);
         state.version = version;
@@ -252,18 +263,6 @@ fn compile_changed(
             .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     })
-}
-
-fn check_tier_of(policy: &Policy) -> Result<(), PolicyError> {
-    let np = policy.id.kind == PolicyKind::NetworkPolicy;
-    if np != (policy.tier == TIER_NETWORKPOLICY) {
-        return Err(PolicyError::invalid(
-            policy.id.to_string(),
-            "spec.tier",
-            "only NetworkPolicies belong to the networkpolicy tier",
-        ));
-    }
-    Ok(())
 }
 
 /// Upserts into or removes from a list keyed by `key`.

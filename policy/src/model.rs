@@ -346,6 +346,20 @@ impl Policy {
             Direction::Egress => self.egress.as_deref(),
         }
     }
+
+    /// Refuses a NetworkPolicy outside the networkpolicy tier, and any other kind inside it
+    /// (the tier's semantics, allow-if-any-rule-matches, are NetworkPolicy's alone).
+    pub fn check_tier(&self) -> Result<(), crate::PolicyError> {
+        let np = self.id.kind == PolicyKind::NetworkPolicy;
+        if np != (self.tier == TIER_NETWORKPOLICY) {
+            return Err(crate::PolicyError::invalid(
+                self.id.to_string(),
+                "spec.tier",
+                "only NetworkPolicies belong to the networkpolicy tier",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a tier does when its policies apply to a pod and none of their rules matched.

@@ -80,6 +80,49 @@ fn bad_objects_are_refused_one_by_one() {
     assert_eq!(idx.commit().expect("commit").len(), 4);
 }
 
+#[test]
+fn the_audit_default_is_compiled_into_every_state_and_is_no_change_by_itself() {
+    let mut idx = ClusterIndex::new().with_audit_default(Some(AuditMode::Deny));
+    idx.reset(antrea_workload(20, 4)).expect("valid");
+    let changed = idx.commit().expect("commit");
+    assert_eq!(changed.len(), 4);
+    for state in &changed {
+        assert_eq!(state.audit_default, Some(AuditMode::Deny));
+        // The published state is the index's own: nothing was copied to set the default.
+        let kept = idx.node_state(&state.node).expect("kept");
+        assert!(std::ptr::eq(state.as_ref(), kept));
+    }
+    assert!(idx.commit().expect("commit").is_empty());
+    let mut pod = idx.cluster().expect("committed").pods[0].clone();
+    pod.labels = labels(&[("app-2", "scale-2")]);
+    idx.apply_pod(pod);
+    let changed = idx.commit().expect("commit");
+    assert!(!changed.is_empty());
+    assert!(changed
+        .iter()
+        .all(|s| s.audit_default == Some(AuditMode::Deny) && s.version == 2));
+    // Without the setting the states say nothing (all decisions): their digest is unchanged.
+    let mut plain = ClusterIndex::new();
+    plain.reset(antrea_workload(20, 4)).expect("valid");
+    assert!(plain
+        .commit()
+        .expect("commit")
+        .iter()
+        .all(|s| s.audit_default.is_none()));
+}
+
+#[test]
+fn a_policy_of_another_kind_in_the_networkpolicy_tier_is_refused() {
+    let np = mk_np("ns-0", "x", LabelSelector::everything(), Some(vec![]), None);
+    assert!(np.check_tier().is_ok());
+    let mut other = np.clone();
+    other.id.kind = PolicyKind::ClusterNetworkPolicy;
+    let err = other.check_tier().expect_err("outside its tier");
+    assert!(err.to_string().contains("spec.tier"), "{err}");
+    let mut idx = index();
+    assert!(idx.apply_policy(other).is_err());
+}
+
 /// Random changes applied through the index (pods in place, others by
 /// re-indexing) leave every node exactly as compiling from scratch would, and
 /// every node whose state differs from before is reported.

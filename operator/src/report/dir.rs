@@ -4,7 +4,7 @@
 //! would hold. A file is rewritten (atomically: temporary name, then rename) only when its
 //! content changed; files of reports no longer wanted are removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -53,10 +53,6 @@ impl DirWriter {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn sync(&mut self, set: &ReportSet, now: SystemTime) -> Result<Written, ReportError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -67,7 +63,7 @@ impl DirWriter {
             self.written = Some(self.load());
         }
         let mut out = Written::default();
-        let mut wanted = Vec::new();
+        let mut wanted = BTreeSet::new();
         for openreports in [false, true] {
             if !(if openreports {
                 self.api.openreports()
@@ -78,7 +74,7 @@ impl DirWriter {
             }
             for (scope, findings) in &set.reports {
                 let path = self.dir.join(file_name(openreports, scope));
-                wanted.push(path.clone());
+                wanted.insert(path.clone());
                 let (results, summary) = results(findings, now);
                 let new_content = content(&results);
                 if self.written.as_ref().and_then(|w| w.get(&path)) == Some(&new_content) {
@@ -106,7 +102,7 @@ impl DirWriter {
                         self.max_results,
                     )),
                 }?;
-                write_atomically(&path, &text).map_err(io(&path))?;
+                crate::files::write_atomically(&path, &text, 0o644).map_err(io(&path))?;
                 out.applied.push(path.display().to_string());
                 self.written
                     .get_or_insert_with(BTreeMap::new)
@@ -117,7 +113,7 @@ impl DirWriter {
             .written
             .iter()
             .flat_map(|w| w.keys())
-            .filter(|p| !wanted.contains(p))
+            .filter(|p| !wanted.contains(*p))
             .cloned()
             .collect();
         for path in stale {
@@ -170,14 +166,4 @@ impl DirWriter {
 
 fn yaml<T: serde::Serialize>(object: &T) -> Result<String, ReportError> {
     serde_yaml::to_string(object).map_err(|e| ReportError::Encode(e.to_string()))
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }

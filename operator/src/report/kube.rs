@@ -3,7 +3,7 @@
 //! of Palisade's reports that are no longer wanted, and installation of the report CRDs when
 //! they are absent (a CRD that exists, whoever installed it, is never touched).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -161,14 +161,14 @@ impl KubeWriter {
         N: ReportObject + Resource<Scope = NamespaceResourceScope>,
         C: ReportObject,
     {
-        let mut wanted: Vec<Key> = Vec::new();
+        let mut wanted: BTreeSet<Key> = BTreeSet::new();
         for (scope, findings) in &set.reports {
             let (results, summary) = results(findings, now);
             let (key, outcome) = match scope {
                 Scope::Namespace(ns) => {
                     let key = (kind_of::<N>(), Some(ns.clone()));
                     if self.unchanged(&key, &results) {
-                        wanted.push(key);
+                        wanted.insert(key);
                         continue;
                     }
                     let object = N::build(Some(ns), results.clone(), summary, self.max_results);
@@ -178,7 +178,7 @@ impl KubeWriter {
                 Scope::Cluster => {
                     let key = (kind_of::<C>(), None);
                     if self.unchanged(&key, &results) {
-                        wanted.push(key);
+                        wanted.insert(key);
                         continue;
                     }
                     let object = C::build(None, results.clone(), summary, self.max_results);
@@ -186,7 +186,7 @@ impl KubeWriter {
                     (key, apply(&api, &object).await)
                 }
             };
-            wanted.push(key.clone());
+            wanted.insert(key.clone());
             let written = self.written.get_or_insert_with(BTreeMap::new);
             match outcome {
                 Ok(()) => {
@@ -234,14 +234,9 @@ impl KubeWriter {
     }
 }
 
-fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    // The four kinds are known: a static name keeps the keys small.
-    match K::kind(&()).as_ref() {
-        "PolicyReport" => "PolicyReport",
-        "ClusterPolicyReport" => "ClusterPolicyReport",
-        "Report" => "Report",
-        _ => "ClusterReport",
-    }
+/// The kind of `K`, static so that the keys stay small.
+fn kind_of<K: k8s_openapi::Resource>() -> &'static str {
+    K::KIND
 }
 
 fn describe(key: &Key) -> String {

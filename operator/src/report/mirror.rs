@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 
 use palisade_crds::{ClusterObject, ObjectKey};
-use palisade_policy::model::{
-    Cluster, Namespace, Node, Pod, Policy, PolicyId, PolicyKind, Tier, TIER_NETWORKPOLICY,
-};
+use palisade_policy::model::{Cluster, Namespace, Node, Pod, Policy, PolicyId, Tier};
 
 use crate::source::Event;
 
@@ -53,8 +51,7 @@ impl Mirror {
             }
             ClusterObject::Policy(policy) => {
                 // The index refuses these (and reconcile records the rejection).
-                let np = policy.id.kind == PolicyKind::NetworkPolicy;
-                if np != (policy.tier == TIER_NETWORKPOLICY) {
+                if policy.check_tier().is_err() {
                     return;
                 }
                 self.policies.insert(policy.id.clone(), policy);

@@ -189,6 +189,13 @@ pub enum ReportError {
     },
     #[error("cannot encode a report: {0}")]
     Encode(String),
+    /// `--report-dir` with the Kubernetes source: the reports go to the API server there, so
+    /// the folder would silently stay empty.
+    #[error(
+        "--report-dir {0} is for the manifest-directory source (--source dir:PATH); with the \
+         Kubernetes source the reports are written to the API server: remove --report-dir"
+    )]
+    DirWithKubernetes(PathBuf),
 }
 
 impl ReportError {
@@ -240,8 +247,12 @@ impl Writer {
     }
 }
 
-/// Puts a tee in front of reconcile's event channel: returns the sender the source should
-/// use, and the report task (`None` when reports are off or have nowhere to go).
+/// The sender the source should use, and the report task (`None` when reports are off or
+/// have nowhere to go).
+pub type Started = (mpsc::Sender<Event>, Option<JoinHandle<()>>);
+
+/// Puts a tee in front of reconcile's event channel. `--report-dir` with a client (the
+/// Kubernetes source) is refused: the README documents it for the manifest directory only.
 pub fn start(
     settings: &ReportSettings,
     hub: Arc<Hub>,
@@ -249,10 +260,11 @@ pub fn start(
     client: Option<::kube::Client>,
     denied: Arc<dyn DeniedCounts>,
     reconcile: mpsc::Sender<Event>,
-) -> (mpsc::Sender<Event>, Option<JoinHandle<()>>) {
+) -> Result<Started, ReportError> {
     let writer = match (&client, &settings.dir) {
+        (Some(_), Some(dir)) => return Err(ReportError::DirWithKubernetes(dir.clone())),
         _ if !settings.enabled => None,
-        (Some(client), _) => Some(Writer::Kube(kube::KubeWriter::new(
+        (Some(client), None) => Some(Writer::Kube(kube::KubeWriter::new(
             client.clone(),
             settings.api,
             settings.max_results,
@@ -268,7 +280,7 @@ pub fn start(
         }
     };
     let Some(writer) = writer else {
-        return (reconcile, None);
+        return Ok((reconcile, None));
     };
     let (source_tx, mut source_rx) = mpsc::channel::<Event>(1024);
     // Unbounded: the report task only stores events, and must never hold reconcile back.
@@ -301,7 +313,7 @@ pub fn start(
         tokio::spawn(tee);
         reporter.run(mirror_rx).await;
     });
-    (source_tx, Some(task))
+    Ok((source_tx, Some(task)))
 }
 
 /// The report task's state.
@@ -332,18 +344,6 @@ struct Built {
     nodes: BTreeMap<String, NodeView>,
     rejected: Vec<crate::source::RejectedObject>,
     denied: BTreeMap<String, u64>,
-}
-
-/// Runs CPU work on this worker, letting the runtime move its other tasks elsewhere.
-fn in_place<T>(work: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi_thread =
-        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if multi_thread {
-        tokio::task::block_in_place(work)
-    } else {
-        work()
-    }
 }
 
 impl Reporter {
@@ -395,16 +395,16 @@ impl Reporter {
         // (a build only depends on these; the time is only the results' timestamp).
         let inputs = Built {
             generation,
-            nodes: nodes.clone(),
-            rejected: rejected.clone(),
-            denied: denied.clone(),
+            nodes,
+            rejected,
+            denied,
         };
         if self.written.as_ref() == Some(&inputs) {
             return;
         }
         // Indexing and the lints are CPU work (a large cluster's take a while): on a
         // multi-threaded runtime this worker hands its other tasks to the others meanwhile.
-        let set = in_place(|| {
+        let set = crate::reconcile::in_place(|| {
             if self.engine_generation != Some(generation) {
                 let cluster = self.mirror.cluster();
                 self.engine = Some(Engine::new(cluster).map_err(|e| e.to_string()));
@@ -417,9 +417,9 @@ impl Reporter {
             };
             let mut set = build::build(&Inputs {
                 engine,
-                nodes: &nodes,
-                rejected: &rejected,
-                denied: &denied,
+                nodes: &inputs.nodes,
+                rejected: &inputs.rejected,
+                denied: &inputs.denied,
                 unprotected_pods: self.settings.unprotected_pods,
             });
             set.finish(self.settings.max_results);

@@ -19,7 +19,15 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "palisade"
 
 /// A report object of either API and scope.
 pub trait ReportObject:
-    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+    Resource<DynamicType = ()>
+    + k8s_openapi::Resource
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
 {
     /// A report with these results, labelled as Palisade's.
     fn build(

@@ -722,7 +722,8 @@ async fn the_report_task_follows_the_events_and_writes_only_as_leader() {
         None,
         Arc::new(NoAudit),
         reconcile_tx,
-    );
+    )
+    .expect("started");
     let task = task.expect("reports on");
     let mut sent = 0;
     for doc in parse_objects(&format!("{BASE}---\n{WEB_ALLOW}")) {
@@ -939,4 +940,48 @@ status: {phase: Running, podIP: 10.1.0.9}
         Some("10.1.0.9")
     );
     assert!(conflicts("other").is_empty());
+}
+
+/// `--report-dir` with the Kubernetes source would leave the folder empty without a word:
+/// refused at start, naming the flag and the source it is for (even with reports off, so a
+/// later `--no-reports` removal does not turn it silent).
+#[tokio::test]
+async fn a_report_dir_with_the_kubernetes_source_is_refused() {
+    for enabled in [true, false] {
+        let (client, _v) = verifier::client();
+        let settings = ReportSettings {
+            enabled,
+            dir: Some("/var/reports".into()),
+            ..ReportSettings::default()
+        };
+        let (reconcile_tx, _rx) = mpsc::channel(1);
+        let Err(err) = start(
+            &settings,
+            Hub::new(),
+            Status::new(),
+            Some(client),
+            Arc::new(NoAudit),
+            reconcile_tx,
+        ) else {
+            panic!("--report-dir with a client was accepted");
+        };
+        let text = err.to_string();
+        assert!(matches!(err, ReportError::DirWithKubernetes(_)), "{text}");
+        assert!(text.contains("--report-dir /var/reports"), "{text}");
+        assert!(text.contains("--source dir:PATH"), "{text}");
+    }
+    // Without --report-dir the Kubernetes source writes to the API server.
+    let (client, _v) = verifier::client();
+    let (reconcile_tx, _rx) = mpsc::channel(1);
+    let (_, task) = start(
+        &ReportSettings::default(),
+        Hub::new(),
+        Status::new(),
+        Some(client),
+        Arc::new(NoAudit),
+        reconcile_tx,
+    )
+    .expect("started");
+    let task = task.expect("reports on");
+    task.abort();
 }
