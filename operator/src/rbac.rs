@@ -4,7 +4,8 @@
 //! The table is kept honest from both sides:
 //! - the code side: every request a mocked-API test sends through
 //!   [`crate::verifier`] must be granted by a row ([`granted`], called by the verifier for
-//!   each request), and a scan of `operator/src/**/*.rs` checks that every resource type
+//!   each request; an `OwnNamespace` row only in the release namespace, where the chart's
+//!   Role is: [`release_namespace`]), and a scan of `operator/src/**/*.rs` checks that every resource type
 //!   the code builds an `Api` for has a row;
 //! - the chart side: `charts/palisade/files/operator-rbac.json` is this table as JSON
 //!   (a test here fails when it differs; `PALISADE_BLESS=1` rewrites it), the chart's
@@ -246,6 +247,13 @@ pub const UNINSTALL: &[Permission] = &[
         Scope::Cluster,
         "uninstall cleans every node",
     ),
+    row(
+        "",
+        "configmaps",
+        &["get", "create", "update", "delete"],
+        Scope::OwnNamespace,
+        "uninstall keeps its plan (pod template, nodes left) until every node is clean",
+    ),
     Permission {
         feature: Some("generatedTls"),
         ..row(
@@ -265,15 +273,28 @@ pub const UNINSTALL: &[Permission] = &[
     ),
 ];
 
+/// The release namespace the mocked-API tests install into, unless one says otherwise
+/// ([`release_namespace`]): the chart's Role exists there only.
+pub const TEST_RELEASE_NAMESPACE: &str = "palisade-system";
+
 thread_local! {
     /// The table [`granted`] checks on this thread (tests of `palisade-uninstall` switch it).
     static CHECKED: std::cell::Cell<&'static [Permission]> = const { std::cell::Cell::new(OPERATOR) };
+    /// The namespace an `OwnNamespace` row is granted in on this thread.
+    static RELEASE: std::cell::RefCell<String> =
+        std::cell::RefCell::new(TEST_RELEASE_NAMESPACE.to_string());
 }
 
 /// Makes [`granted`] check `table` on this thread (the mocked-API tests of another
 /// component than the operator).
 pub fn check_against(table: &'static [Permission]) {
     CHECKED.with(|c| c.set(table));
+}
+
+/// Makes [`granted`] grant `OwnNamespace` rows in `namespace` only, on this thread (the
+/// chart's Role is created in the release namespace and nowhere else).
+pub fn release_namespace(namespace: &str) {
+    RELEASE.with(|r| *r.borrow_mut() = namespace.to_string());
 }
 
 /// The RBAC verb of a request (`None` for discovery and other non-resource paths).
@@ -294,30 +315,50 @@ fn verb(method: &str, named: bool, query: &str) -> Option<&'static str> {
     })
 }
 
-/// What a request path asks for: (group, resource[/subresource], named, namespaced).
-/// `None` for discovery (`/api`, `/apis/GROUP/VERSION`) and other non-resource paths.
-fn target(path: &str) -> Option<(String, String, bool, bool)> {
+/// What a request path asks for.
+struct Target {
+    group: String,
+    /// Resource plural, with `/subresource` when the path names one.
+    resource: String,
+    named: bool,
+    /// The namespace of a namespaced request (`None`: cluster-wide or cluster-scoped).
+    namespace: Option<String>,
+}
+
+/// What a request path asks for; `None` for discovery (`/api`, `/apis/GROUP/VERSION`) and
+/// other non-resource paths.
+fn target(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, rest) = match parts.as_slice() {
         ["api", _version, rest @ ..] => ("", rest),
         ["apis", group, _version, rest @ ..] => (*group, rest),
         _ => return None,
     };
-    let (namespaced, rest) = match rest {
-        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => (true, rest),
-        _ => (false, rest),
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
     };
-    match rest {
-        [] => None,
-        [resource] => Some((group.to_string(), resource.to_string(), false, namespaced)),
-        [resource, _name] => Some((group.to_string(), resource.to_string(), true, namespaced)),
-        [resource, _name, sub] => Some((
-            group.to_string(),
-            format!("{resource}/{sub}"),
-            true,
-            namespaced,
-        )),
-        _ => None,
+    let (resource, named) = match rest {
+        [] => return None,
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    Some(Target {
+        group: group.to_string(),
+        resource,
+        named,
+        namespace,
+    })
+}
+
+/// Whether a row's scope covers a request in `namespace` (`None`: cluster-wide): a Role
+/// binds only in the release namespace, a ClusterRole everywhere.
+fn in_scope(scope: Scope, namespace: Option<&str>, release: &str) -> bool {
+    match scope {
+        Scope::Cluster => true,
+        Scope::OwnNamespace => namespace == Some(release),
     }
 }
 
@@ -327,7 +368,13 @@ pub fn granted(method: &str, path_and_query: &str) -> Result<(), String> {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
-    let Some((group, resource, named, namespaced)) = target(path) else {
+    let Some(Target {
+        group,
+        resource,
+        named,
+        namespace,
+    }) = target(path)
+    else {
         return Ok(());
     };
     let Some(verb) = verb(method, named, query) else {
@@ -336,23 +383,23 @@ pub fn granted(method: &str, path_and_query: &str) -> Result<(), String> {
         ));
     };
     let table = CHECKED.with(|c| c.get());
+    let release = RELEASE.with(|r| r.borrow().clone());
     let found = table.iter().any(|p| {
         p.api_group == group
             && p.resource == resource
             && p.verbs.contains(&verb)
-            && (namespaced || p.scope == Scope::Cluster)
+            && in_scope(p.scope, namespace.as_deref(), &release)
     });
     if found {
         Ok(())
     } else {
+        let scope = match &namespace {
+            Some(ns) => format!("in namespace {ns}; the release namespace is {release}"),
+            None => "cluster-wide".to_string(),
+        };
         Err(format!(
-            "{method} {path_and_query} needs `{verb}` on {resource} (group {group:?}{}), \
-             which operator/src/rbac.rs does not grant: add a row there",
-            if namespaced {
-                ", namespaced"
-            } else {
-                ", cluster-wide"
-            }
+            "{method} {path_and_query} needs `{verb}` on {resource} (group {group:?}, \
+             {scope}), which operator/src/rbac.rs does not grant: add a row there"
         ))
     }
 }
@@ -457,10 +504,19 @@ mod tests {
             "/apis/palisade.dev/v1alpha1/tierednetworkpolicies/guard?"
         )
         .is_err());
+        release_namespace("p");
         let lease = "/apis/coordination.k8s.io/v1/namespaces/p/leases/palisade-operator";
         assert!(granted("GET", lease).is_ok());
         assert!(granted("PUT", lease).is_ok());
         assert!(granted("DELETE", lease).is_err());
+        // The Role exists only in the release namespace: a Lease anywhere else is refused.
+        let foreign = "/apis/coordination.k8s.io/v1/namespaces/other/leases/palisade-operator";
+        let refused = granted("GET", foreign).expect_err("a foreign namespace");
+        assert!(refused.contains("in namespace other"), "{refused}");
+        // Cluster rows still cover every namespace.
+        assert!(granted("GET", "/api/v1/namespaces/other/pods/a").is_ok());
+        release_namespace(TEST_RELEASE_NAMESPACE);
+        assert!(granted("GET", lease).is_err(), "p is no longer the release");
         // A Lease outside a namespace would need a ClusterRole: not granted.
         assert!(granted("GET", "/apis/coordination.k8s.io/v1/leases?").is_err());
         // Discovery needs no row.
@@ -483,6 +539,7 @@ mod tests {
         match type_name {
             "Namespace" => of::<Namespace>(),
             "Node" => of::<Node>(),
+            "ConfigMap" => of::<ConfigMap>(),
             "Pod" => of::<Pod>(),
             "Secret" => of::<Secret>(),
             "NetworkPolicy" => of::<NetworkPolicy>(),

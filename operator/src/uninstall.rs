@@ -4,15 +4,20 @@
 //! The enforcer keeps its rules when it stops (a restart or an upgrade must never open a
 //! node), so uninstall is the one place that removes them, in this order:
 //! 1. read the enforcer DaemonSet's pod template (image, tolerations, mounts, capabilities);
-//! 2. delete the DaemonSet and wait until its pods are gone, so no agent puts rules back;
+//! 2. save that template and the nodes to clean in the ConfigMap `<daemonset>-uninstall-plan`
+//!    (the plan), then delete the DaemonSet and wait until its pods are gone, so no agent
+//!    puts rules back;
 //! 3. run one pod per node from that template, pinned to the node, running
 //!    `palisade-enforcer cleanup`, and wait for each to finish;
 //! 4. delete those pods and report every node that could not be cleaned (it keeps its rules
-//!    until someone runs `palisade-enforcer cleanup` there); failed pods stay for their logs.
+//!    until someone runs `palisade-enforcer cleanup` there); failed pods stay for their logs;
+//! 5. narrow the plan to the nodes not cleaned, or delete it when there are none.
 //!
-//! A retry (`helm uninstall` again after a failure) finds the DaemonSet gone and cleans the
-//! nodes of the earlier attempt's pods again, from their own spec: a failure never turns into
-//! a silent success.
+//! A retry (`helm uninstall` again after a failure) finds the DaemonSet gone and runs the
+//! saved plan: whatever the earlier attempt left (no cleanup pod at all when it stopped
+//! while the enforcers were going, or when the API refused a pod), a failure never turns
+//! into a silent success. An earlier attempt's pod is deleted only once its node's new pod
+//! exists.
 //!
 //! [`remove_leftovers`] is the post-delete step: once Helm has deleted the operator and its
 //! pods are gone, it deletes what the operator made at run time (its certificate Secret, the
@@ -20,12 +25,12 @@
 //!
 //! Its API calls are the `UNINSTALL` table of [`crate::rbac`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, PodSpec, Secret};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Api;
 use serde::Serialize;
@@ -65,6 +70,8 @@ pub enum UninstallError {
     NoTemplate(String),
     #[error("the pods of DaemonSet {daemonset} were still running after {seconds} s")]
     EnforcersRemain { daemonset: String, seconds: u64 },
+    #[error("ConfigMap {name} (the uninstall plan of an earlier attempt) is unreadable: {reason}; delete it and clean the nodes by hand (README, \"Uninstall\")")]
+    BadPlan { name: String, reason: String },
     #[error("the operator's pods ({selector}) were still running after {seconds} s")]
     OperatorsRemain { selector: String, seconds: u64 },
 }
@@ -136,35 +143,147 @@ struct Plan {
     nodes: Vec<String>,
     /// Label selector of the enforcer pods to wait for (None: the DaemonSet is gone already).
     enforcers: Option<String>,
-    /// Cleanup pods of an earlier attempt, replaced by this one.
-    stale: Vec<String>,
 }
 
-/// The plan from the DaemonSet, or, when it is gone (an earlier attempt deleted it and
-/// failed on some node), from that attempt's cleanup pods: a retry cleans their nodes again.
+/// Name of the ConfigMap that holds the plan (`<daemonset>-uninstall-plan`).
+pub fn plan_name(settings: &UninstallSettings) -> String {
+    format!("{}-uninstall-plan", settings.daemonset)
+}
+
+/// The plan's copy in the release namespace. It is written before the DaemonSet is
+/// deleted and removed only once every node is clean, so whatever an attempt leaves behind
+/// (no cleanup pod at all, when it stopped while the enforcers were going or a pod could
+/// not be created), a retry still knows the template and the nodes left.
+struct PlanStore {
+    api: Api<ConfigMap>,
+    name: String,
+    namespace: String,
+    daemonset: String,
+    /// Whether the ConfigMap exists (update rather than create).
+    exists: bool,
+}
+
+impl PlanStore {
+    fn new(client: kube::Client, settings: &UninstallSettings) -> Self {
+        PlanStore {
+            api: Api::namespaced(client, &settings.namespace),
+            name: plan_name(settings),
+            namespace: settings.namespace.clone(),
+            daemonset: settings.daemonset.clone(),
+            exists: false,
+        }
+    }
+
+    fn bad(&self, reason: impl Into<String>) -> UninstallError {
+        UninstallError::BadPlan {
+            name: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The stored template and nodes (None: no earlier attempt got as far as deleting the
+    /// DaemonSet, or the last one finished).
+    async fn load(&mut self) -> Result<Option<(PodSpec, Vec<String>)>, UninstallError> {
+        let found = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(api_error(format!("reading ConfigMap {}", self.name)))?;
+        let Some(map) = found else {
+            return Ok(None);
+        };
+        self.exists = true;
+        let data = map.data.unwrap_or_default();
+        let field = |key: &str| {
+            data.get(key)
+                .ok_or_else(|| self.bad(format!("no `{key}` key")))
+        };
+        let template: PodSpec = serde_json::from_str(field("template")?)
+            .map_err(|e| self.bad(format!("`template` is not a pod spec: {e}")))?;
+        let nodes: Vec<String> = serde_json::from_str(field("nodes")?)
+            .map_err(|e| self.bad(format!("`nodes` is not a list of names: {e}")))?;
+        Ok(Some((template, nodes)))
+    }
+
+    async fn save(&mut self, template: &PodSpec, nodes: &[String]) -> Result<(), UninstallError> {
+        let encode = |v: serde_json::Result<String>| v.map_err(|e| self.bad(e.to_string()));
+        let map = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    CLEANUP_LABEL.to_string(),
+                    self.daemonset.clone(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([
+                (
+                    "template".to_string(),
+                    encode(serde_json::to_string(template))?,
+                ),
+                ("nodes".to_string(), encode(serde_json::to_string(nodes))?),
+            ])),
+            ..ConfigMap::default()
+        };
+        let what = format!("saving the plan in ConfigMap {}", self.name);
+        if self.exists {
+            self.api
+                .replace(&self.name, &PostParams::default(), &map)
+                .await
+                .map_err(api_error(what))?;
+        } else {
+            self.api
+                .create(&PostParams::default(), &map)
+                .await
+                .map_err(api_error(what))?;
+            self.exists = true;
+        }
+        Ok(())
+    }
+
+    /// Every node is clean: nothing is left for a retry.
+    async fn remove(&self) -> Result<(), UninstallError> {
+        match self.api.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(api_error(format!("deleting ConfigMap {}", self.name))(e)),
+        }
+    }
+}
+
+/// The nodes that exist now.
+async fn list_nodes(nodes: &Api<Node>) -> Result<Vec<Node>, UninstallError> {
+    Ok(nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(api_error("listing nodes"))?
+        .items)
+}
+
+/// The plan from the DaemonSet (saved before anything is deleted), or, when it is gone (an
+/// earlier attempt deleted it and did not finish), the saved one: a retry cleans the nodes
+/// it left, less those that left the cluster.
 async fn plan(
     settings: &UninstallSettings,
     daemonsets: &Api<DaemonSet>,
-    pods: &Api<Pod>,
     nodes: &Api<Node>,
+    store: &mut PlanStore,
 ) -> Result<Option<Plan>, UninstallError> {
+    let stored = store.load().await?;
     let ds_name = &settings.daemonset;
     let found = daemonsets
         .get_opt(ds_name)
         .await
         .map_err(api_error(format!("reading DaemonSet {ds_name}")))?;
     let Some(ds) = found else {
-        let earlier = pods
-            .list(&ListParams::default().labels(&format!("{CLEANUP_LABEL}={ds_name}")))
-            .await
-            .map_err(api_error("listing earlier cleanup pods"))?
-            .items;
-        let Some(template) = earlier.iter().find_map(|p| p.spec.clone()) else {
+        let Some((template, left)) = stored else {
             return Ok(None);
         };
-        let mut targets: Vec<String> = earlier
-            .iter()
-            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        let existing = list_nodes(nodes).await?;
+        let mut targets: Vec<String> = left
+            .into_iter()
+            .filter(|n| existing.iter().any(|e| e.metadata.name.as_ref() == Some(n)))
             .collect();
         targets.sort();
         targets.dedup();
@@ -172,10 +291,6 @@ async fn plan(
             template,
             nodes: targets,
             enforcers: None,
-            stale: earlier
-                .iter()
-                .filter_map(|p| p.metadata.name.clone())
-                .collect(),
         }));
     };
     let template = ds
@@ -192,21 +307,19 @@ async fn plan(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let mut targets: Vec<String> = nodes
-        .list(&ListParams::default())
-        .await
-        .map_err(api_error("listing nodes"))?
-        .items
+    let mut targets: Vec<String> = list_nodes(nodes)
+        .await?
         .iter()
         .filter(|n| selected(n, &template))
         .filter_map(|n| n.metadata.name.clone())
         .collect();
     targets.sort();
+    // Saved before the DaemonSet goes: from then on the plan is the only copy.
+    store.save(&template, &targets).await?;
     Ok(Some(Plan {
         template,
         nodes: targets,
         enforcers: Some(selector),
-        stale: Vec::new(),
     }))
 }
 
@@ -249,25 +362,44 @@ async fn stop_enforcers(
     }
 }
 
-/// Runs one cleanup pod per node and waits for them; returns the report and the pods
-/// that may be deleted (the failed ones stay for their logs).
-async fn clean_nodes(
+fn cleanups(settings: &UninstallSettings) -> ListParams {
+    ListParams::default().labels(&format!("{CLEANUP_LABEL}={}", settings.daemonset))
+}
+
+/// The cleanup pods of earlier attempts (failed or unfinished ones, kept for their logs):
+/// (pod, node).
+async fn earlier_pods(
+    settings: &UninstallSettings,
+    pods: &Api<Pod>,
+) -> Result<Vec<(String, Option<String>)>, UninstallError> {
+    Ok(pods
+        .list(&cleanups(settings))
+        .await
+        .map_err(api_error("listing earlier cleanup pods"))?
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let node = p.spec.and_then(|s| s.node_name);
+            Some((p.metadata.name?, node))
+        })
+        .collect())
+}
+
+/// Creates one cleanup pod per node; returns pod name -> node. A node whose pod cannot be
+/// created goes to `report.failed`.
+async fn start_cleanups(
     settings: &UninstallSettings,
     pods: &Api<Pod>,
     plan: &Plan,
-) -> Result<(Report, Vec<String>), UninstallError> {
-    let mut report = Report {
-        found: true,
-        ..Report::default()
-    };
-    let mut waiting: BTreeMap<String, String> = BTreeMap::new(); // pod name -> node
-    let mut kept = std::collections::BTreeSet::new(); // failed pods, kept for their logs
+    report: &mut Report,
+) -> BTreeMap<String, String> {
+    let mut started = BTreeMap::new();
     for node in &plan.nodes {
         let pod = cleanup_pod(settings, &plan.template, node);
         match pods.create(&PostParams::default(), &pod).await {
             Ok(created) => {
                 let name = created.metadata.name.unwrap_or_default();
-                waiting.insert(name, node.clone());
+                started.insert(name, node.clone());
             }
             Err(e) => {
                 report
@@ -276,12 +408,22 @@ async fn clean_nodes(
             }
         }
     }
-    let done: Vec<String> = waiting.keys().cloned().collect();
-    let cleanups = ListParams::default().labels(&format!("{CLEANUP_LABEL}={}", settings.daemonset));
+    started
+}
+
+/// Waits for the started cleanup pods; returns those that failed or did not finish (kept
+/// for their logs).
+async fn wait_cleanups(
+    settings: &UninstallSettings,
+    pods: &Api<Pod>,
+    mut waiting: BTreeMap<String, String>,
+    report: &mut Report,
+) -> Result<BTreeSet<String>, UninstallError> {
+    let mut kept = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + settings.timeout;
     while !waiting.is_empty() {
         let listed = pods
-            .list(&cleanups)
+            .list(&cleanups(settings))
             .await
             .map_err(api_error("listing the cleanup pods"))?;
         for pod in listed.items {
@@ -325,8 +467,7 @@ async fn clean_nodes(
         );
     }
     report.cleaned.sort();
-    let removable = done.into_iter().filter(|n| !kept.contains(n)).collect();
-    Ok((report, removable))
+    Ok(kept)
 }
 
 /// Runs the whole cleanup (see the module documentation).
@@ -337,20 +478,46 @@ pub async fn run(
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &settings.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
     let nodes: Api<Node> = Api::all(client.clone());
-    let Some(plan) = plan(settings, &daemonsets, &pods, &nodes).await? else {
+    let mut store = PlanStore::new(client, settings);
+    let Some(plan) = plan(settings, &daemonsets, &nodes, &mut store).await? else {
         warn!(daemonset = %settings.daemonset,
-            "no enforcer DaemonSet and no earlier cleanup: nothing to clean");
+            "no enforcer DaemonSet and no unfinished earlier cleanup: nothing to clean");
         return Ok(Report::default());
     };
     if let Some(selector) = &plan.enforcers {
         stop_enforcers(settings, &daemonsets, &pods, selector).await?;
     }
-    for name in &plan.stale {
+    let earlier = earlier_pods(settings, &pods).await?;
+    let mut report = Report {
+        found: true,
+        ..Report::default()
+    };
+    let started = start_cleanups(settings, &pods, &plan, &mut report).await;
+    // An earlier pod goes only once its node has a new one: until then it is the only
+    // record of that node's failure (and its logs).
+    for (name, node) in &earlier {
+        if node
+            .as_ref()
+            .is_some_and(|n| started.values().any(|s| s == n))
+        {
+            delete_pod(&pods, name).await;
+        }
+    }
+    let mut created: Vec<String> = started.keys().cloned().collect();
+    let kept = wait_cleanups(settings, &pods, started, &mut report).await?;
+    created.retain(|name| !kept.contains(name));
+    for name in &created {
         delete_pod(&pods, name).await;
     }
-    let (report, removable) = clean_nodes(settings, &pods, &plan).await?;
-    for name in &removable {
-        delete_pod(&pods, name).await;
+    if report.failed.is_empty() {
+        store.remove().await?;
+    } else {
+        let left: Vec<String> = report.failed.keys().cloned().collect();
+        // The stored plan already names these nodes (and maybe more): a failed save only
+        // makes a retry clean more nodes than needed, so the report still goes out.
+        if let Err(e) = store.save(&plan.template, &left).await {
+            warn!(error = %e, "cannot narrow the saved plan to the nodes left");
+        }
     }
     Ok(report)
 }
@@ -512,29 +679,91 @@ mod tests {
     const CLEANUPS: &str =
         "/api/v1/namespaces/palisade-system/pods?&labelSelector=palisade.dev%2Fcleanup%3Dpalisade-enforcer";
 
+    const PLAN: &str =
+        "/api/v1/namespaces/palisade-system/configmaps/palisade-enforcer-uninstall-plan";
+    const PLANS: &str = "/api/v1/namespaces/palisade-system/configmaps?";
+    const ENFORCERS: &str =
+        "/api/v1/namespaces/palisade-system/pods?&labelSelector=app.kubernetes.io%2Fcomponent%3Denforcer";
+
+    /// The plan ConfigMap as an earlier attempt left it.
+    fn stored_plan(nodes: &[&str]) -> serde_json::Value {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "palisade-enforcer-uninstall-plan", "namespace": "palisade-system"},
+            "data": {
+                "template": daemonset()["spec"]["template"]["spec"].to_string(),
+                "nodes": json!(nodes).to_string(),
+            }
+        })
+    }
+
+    /// The nodes a saved plan names.
+    fn plan_nodes(body: &serde_json::Value) -> serde_json::Value {
+        let text = body["data"]["nodes"].as_str().expect("nodes is a string");
+        serde_json::from_str(text).expect("nodes is JSON")
+    }
+
+    fn cleanup_on(name: &str, node: &str, phase: &str) -> serde_json::Value {
+        let mut p = pod(name, phase);
+        p["spec"] = json!({"nodeName": node, "containers": [{"name": "enforcer"}]});
+        p
+    }
+
+    /// A first attempt up to the DaemonSet's delete: no plan yet, the DaemonSet found, the
+    /// plan saved before the delete. Returns the saved ConfigMap.
+    async fn first_attempt_start(
+        v: &mut verifier::ApiServerVerifier,
+        nodes: Vec<serde_json::Value>,
+    ) -> serde_json::Value {
+        let (_, send) = v.expect("GET", PLAN).await;
+        send.status(404, "NotFound");
+        let (_, send) = v.expect("GET", DS).await;
+        send.ok(&daemonset());
+        let (_, send) = v.expect("GET", "/api/v1/nodes?").await;
+        send.ok(&list("NodeList", nodes));
+        let (saved, send) = v.expect("POST", PLANS).await;
+        send.ok(&saved);
+        let (body, send) = v.expect("DELETE", &format!("{DS}?")).await;
+        assert_eq!(body["propagationPolicy"], "Foreground");
+        send.ok(&daemonset());
+        saved
+    }
+
+    /// A retry's start: the DaemonSet is gone, the plan is `saved`.
+    async fn retry_start(
+        v: &mut verifier::ApiServerVerifier,
+        saved: serde_json::Value,
+        nodes: Vec<serde_json::Value>,
+        earlier: Vec<serde_json::Value>,
+    ) {
+        let (_, send) = v.expect("GET", PLAN).await;
+        send.ok(&saved);
+        let (_, send) = v.expect("GET", DS).await;
+        send.status(404, "NotFound");
+        let (_, send) = v.expect("GET", "/api/v1/nodes?").await;
+        send.ok(&list("NodeList", nodes));
+        let (_, send) = v.expect("GET", CLEANUPS).await;
+        send.ok(&list("PodList", earlier));
+    }
+
     #[tokio::test]
     async fn stops_the_enforcers_then_cleans_every_linux_node() {
         rbac::check_against(rbac::UNINSTALL);
         let (client, mut v) = verifier::client();
         let server = tokio::spawn(async move {
-            let (_, send) = v.expect("GET", DS).await;
-            send.ok(&daemonset());
-            let (_, send) = v.expect("GET", "/api/v1/nodes?").await;
-            send.ok(&list(
-                "NodeList",
+            let saved = first_attempt_start(
+                &mut v,
                 vec![node("b", "linux"), node("a", "linux"), node("w", "windows")],
-            ));
-            let (body, send) = v.expect("DELETE", &format!("{DS}?")).await;
-            assert_eq!(body["propagationPolicy"], "Foreground");
-            send.ok(&daemonset());
-            let enforcers =
-                format!("{PODS}?&labelSelector=app.kubernetes.io%2Fcomponent%3Denforcer");
-            let (_, send) = v.expect("GET", &enforcers).await;
+            )
+            .await;
+            let (_, send) = v.expect("GET", ENFORCERS).await;
             send.ok(&list(
                 "PodList",
                 vec![pod("palisade-enforcer-x", "Running")],
             ));
-            let (_, send) = v.expect("GET", &enforcers).await;
+            let (_, send) = v.expect("GET", ENFORCERS).await;
+            send.ok(&list("PodList", vec![]));
+            let (_, send) = v.expect("GET", CLEANUPS).await;
             send.ok(&list("PodList", vec![]));
             let created = vec![
                 created(&mut v, "palisade-enforcer-cleanup-aaaaa").await,
@@ -561,15 +790,31 @@ mod tests {
                 )
                 .await;
             send.ok(&pod("palisade-enforcer-cleanup-aaaaa", "Succeeded"));
-            created
+            // The plan keeps the node left for a retry.
+            let (narrowed, send) = v.expect("PUT", &format!("{PLAN}?")).await;
+            send.ok(&narrowed);
+            (created, saved, narrowed)
         });
         let report = run(client, &settings()).await.expect("ran");
-        let created = server.await.expect("verifier");
+        let (created, saved, narrowed) = server.await.expect("verifier");
         rbac::check_against(rbac::OPERATOR);
         assert_eq!(report.cleaned, vec!["a".to_string()]);
         assert_eq!(report.failed.keys().collect::<Vec<_>>(), vec!["b"]);
         assert!(report.failed["b"].contains("palisade-enforcer-cleanup-bbbbb failed"));
         assert!(report.found);
+        assert_eq!(plan_nodes(&saved), json!(["a", "b"]));
+        assert_eq!(
+            saved["metadata"]["labels"][CLEANUP_LABEL],
+            "palisade-enforcer"
+        );
+        let template: serde_json::Value =
+            serde_json::from_str(saved["data"]["template"].as_str().expect("template"))
+                .expect("template JSON");
+        assert_eq!(
+            template["containers"][0]["image"], "palisade-enforcer:1",
+            "the plan holds the enforcer's own template"
+        );
+        assert_eq!(plan_nodes(&narrowed), json!(["b"]));
         let first = &created[0];
         assert_eq!(first["spec"]["nodeName"], "a");
         assert_eq!(first["spec"]["restartPolicy"], "Never");
@@ -595,15 +840,17 @@ mod tests {
         rbac::check_against(rbac::UNINSTALL);
         let (client, mut v) = verifier::client();
         let server = tokio::spawn(async move {
-            // The DaemonSet went with the first attempt; its failed pod tells what is left.
-            let (_, send) = v.expect("GET", DS).await;
-            send.status(404, "NotFound");
-            let (_, send) = v.expect("GET", CLEANUPS).await;
-            let mut earlier = pod("palisade-enforcer-cleanup-bbbbb", "Failed");
-            earlier["spec"] = daemonset()["spec"]["template"]["spec"].clone();
-            earlier["spec"]["nodeName"] = "b".into();
-            earlier["spec"]["containers"][0]["args"] = json!(["cleanup"]);
-            send.ok(&list("PodList", vec![earlier]));
+            // The DaemonSet went with the first attempt; the plan names what is left.
+            let earlier = cleanup_on("palisade-enforcer-cleanup-bbbbb", "b", "Failed");
+            retry_start(
+                &mut v,
+                stored_plan(&["b"]),
+                vec![node("b", "linux")],
+                vec![earlier],
+            )
+            .await;
+            let body = created(&mut v, "palisade-enforcer-cleanup-ccccc").await;
+            // The earlier pod goes once its replacement exists.
             let (_, send) = v
                 .expect(
                     "DELETE",
@@ -611,7 +858,6 @@ mod tests {
                 )
                 .await;
             send.ok(&pod("palisade-enforcer-cleanup-bbbbb", "Failed"));
-            let body = created(&mut v, "palisade-enforcer-cleanup-ccccc").await;
             let (_, send) = v.expect("GET", CLEANUPS).await;
             send.ok(&list(
                 "PodList",
@@ -624,6 +870,9 @@ mod tests {
                 )
                 .await;
             send.ok(&pod("palisade-enforcer-cleanup-ccccc", "Succeeded"));
+            // Every node is clean: the plan goes.
+            let (_, send) = v.expect("DELETE", &format!("{PLAN}?")).await;
+            send.ok(&stored_plan(&["b"]));
             body
         });
         let report = run(client, &settings()).await.expect("ran");
@@ -631,26 +880,23 @@ mod tests {
         rbac::check_against(rbac::OPERATOR);
         assert_eq!(report.cleaned, vec!["b".to_string()]);
         assert!(report.failed.is_empty());
+        assert!(report.found);
         assert_eq!(body["spec"]["nodeName"], "b");
         assert_eq!(body["spec"]["containers"][0]["args"], json!(["cleanup"]));
+        assert_eq!(
+            body["spec"]["containers"][0]["image"],
+            "palisade-enforcer:1"
+        );
     }
 
     #[tokio::test]
-    async fn enforcers_that_do_not_stop_fail_the_uninstall_before_any_cleanup() {
+    async fn enforcers_that_do_not_stop_fail_the_uninstall_and_a_retry_cleans_every_node() {
         rbac::check_against(rbac::UNINSTALL);
         let (client, mut v) = verifier::client();
+        let (saved_tx, saved_rx) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(async move {
-            let (_, send) = v
-                .expect(
-                    "GET",
-                    "/apis/apps/v1/namespaces/palisade-system/daemonsets/palisade-enforcer",
-                )
-                .await;
-            send.ok(&daemonset());
-            let (_, send) = v.expect("GET", "/api/v1/nodes?").await;
-            send.ok(&list("NodeList", vec![node("a", "linux")]));
-            let (_, send) = v.next().await;
-            send.ok(&daemonset());
+            let saved = first_attempt_start(&mut v, vec![node("a", "linux")]).await;
+            let _ = saved_tx.send(saved);
             // Listed until the timeout; never a POST.
             loop {
                 let (request, send) = v.next().await;
@@ -667,32 +913,180 @@ mod tests {
         });
         let result = run(client, &settings()).await;
         server.abort();
-        rbac::check_against(rbac::OPERATOR);
         assert!(
             matches!(result, Err(UninstallError::EnforcersRemain { .. })),
             "{result:?}"
         );
+        let saved = saved_rx.await.expect("the plan was saved");
+        assert_eq!(plan_nodes(&saved), json!(["a"]));
+        // The foreground delete finished later: no DaemonSet, no cleanup pod, only the
+        // plan. The retry must still clean node a (and skip z, which left the cluster).
+        let mut saved = saved;
+        saved["data"]["nodes"] = json!(["a", "z"]).to_string().into();
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            retry_start(&mut v, saved, vec![node("a", "linux")], vec![]).await;
+            let body = created(&mut v, "palisade-enforcer-cleanup-aaaaa").await;
+            let (_, send) = v.expect("GET", CLEANUPS).await;
+            send.ok(&list(
+                "PodList",
+                vec![pod("palisade-enforcer-cleanup-aaaaa", "Succeeded")],
+            ));
+            let (_, send) = v
+                .expect(
+                    "DELETE",
+                    &format!("{PODS}/palisade-enforcer-cleanup-aaaaa?"),
+                )
+                .await;
+            send.ok(&pod("palisade-enforcer-cleanup-aaaaa", "Succeeded"));
+            let (_, send) = v.expect("DELETE", &format!("{PLAN}?")).await;
+            send.ok(&stored_plan(&[]));
+            body
+        });
+        let report = run(client, &settings()).await.expect("retried");
+        let body = server.await.expect("verifier");
+        rbac::check_against(rbac::OPERATOR);
+        assert_eq!(report.cleaned, vec!["a".to_string()]);
+        assert!(report.failed.is_empty());
+        assert!(report.found, "a retry with a plan is not 'nothing found'");
+        assert_eq!(body["spec"]["nodeName"], "a");
     }
 
     #[tokio::test]
-    async fn no_daemonset_means_nothing_to_do() {
+    async fn a_refused_cleanup_pod_keeps_its_node_in_the_plan_for_the_retry() {
         rbac::check_against(rbac::UNINSTALL);
         let (client, mut v) = verifier::client();
         let server = tokio::spawn(async move {
-            let (_, send) = v
-                .expect(
-                    "GET",
-                    "/apis/apps/v1/namespaces/palisade-system/daemonsets/palisade-enforcer",
-                )
-                .await;
-            send.status(404, "NotFound");
+            first_attempt_start(&mut v, vec![node("a", "linux"), node("b", "linux")]).await;
+            let (_, send) = v.expect("GET", ENFORCERS).await;
+            send.ok(&list("PodList", vec![]));
             let (_, send) = v.expect("GET", CLEANUPS).await;
             send.ok(&list("PodList", vec![]));
+            // PodSecurity (or a quota) refuses node a's pod: no pod records that failure.
+            let (_, send) = v.expect("POST", &format!("{PODS}?")).await;
+            send.status(403, "Forbidden");
+            created(&mut v, "palisade-enforcer-cleanup-bbbbb").await;
+            let (_, send) = v.expect("GET", CLEANUPS).await;
+            send.ok(&list(
+                "PodList",
+                vec![pod("palisade-enforcer-cleanup-bbbbb", "Succeeded")],
+            ));
+            let (_, send) = v
+                .expect(
+                    "DELETE",
+                    &format!("{PODS}/palisade-enforcer-cleanup-bbbbb?"),
+                )
+                .await;
+            send.ok(&pod("palisade-enforcer-cleanup-bbbbb", "Succeeded"));
+            let (narrowed, send) = v.expect("PUT", &format!("{PLAN}?")).await;
+            send.ok(&narrowed);
+            narrowed
+        });
+        let report = run(client, &settings()).await.expect("ran");
+        let narrowed = server.await.expect("verifier");
+        assert_eq!(report.cleaned, vec!["b".to_string()]);
+        assert!(report.failed["a"].contains("cannot create its cleanup pod"));
+        assert_eq!(plan_nodes(&narrowed), json!(["a"]));
+        // The retry creates node a's pod from the plan.
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            retry_start(
+                &mut v,
+                narrowed,
+                vec![node("a", "linux"), node("b", "linux")],
+                vec![],
+            )
+            .await;
+            let body = created(&mut v, "palisade-enforcer-cleanup-ccccc").await;
+            let (_, send) = v.expect("GET", CLEANUPS).await;
+            send.ok(&list(
+                "PodList",
+                vec![pod("palisade-enforcer-cleanup-ccccc", "Succeeded")],
+            ));
+            let (_, send) = v
+                .expect(
+                    "DELETE",
+                    &format!("{PODS}/palisade-enforcer-cleanup-ccccc?"),
+                )
+                .await;
+            send.ok(&pod("palisade-enforcer-cleanup-ccccc", "Succeeded"));
+            let (_, send) = v.expect("DELETE", &format!("{PLAN}?")).await;
+            send.ok(&stored_plan(&[]));
+            body
+        });
+        let report = run(client, &settings()).await.expect("retried");
+        let body = server.await.expect("verifier");
+        rbac::check_against(rbac::OPERATOR);
+        assert_eq!(report.cleaned, vec!["a".to_string()]);
+        assert!(report.failed.is_empty());
+        assert_eq!(body["spec"]["nodeName"], "a");
+    }
+
+    #[tokio::test]
+    async fn an_earlier_pod_stays_when_its_replacement_cannot_be_created() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            let earlier = cleanup_on("palisade-enforcer-cleanup-bbbbb", "b", "Failed");
+            retry_start(
+                &mut v,
+                stored_plan(&["b"]),
+                vec![node("b", "linux")],
+                vec![earlier],
+            )
+            .await;
+            let (_, send) = v.expect("POST", &format!("{PODS}?")).await;
+            send.status(403, "Forbidden");
+            // No DELETE of the earlier pod: next comes the plan, still naming b.
+            let (narrowed, send) = v.expect("PUT", &format!("{PLAN}?")).await;
+            send.ok(&narrowed);
+            narrowed
+        });
+        let report = run(client, &settings()).await.expect("ran");
+        let narrowed = server.await.expect("verifier");
+        rbac::check_against(rbac::OPERATOR);
+        assert!(report.cleaned.is_empty());
+        assert!(report.failed["b"].contains("cannot create its cleanup pod"));
+        assert_eq!(plan_nodes(&narrowed), json!(["b"]));
+    }
+
+    #[tokio::test]
+    async fn no_daemonset_and_no_plan_means_nothing_to_do() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            let (_, send) = v.expect("GET", PLAN).await;
+            send.status(404, "NotFound");
+            let (_, send) = v.expect("GET", DS).await;
+            send.status(404, "NotFound");
         });
         let report = run(client, &settings()).await.expect("ran");
         server.await.expect("verifier");
         rbac::check_against(rbac::OPERATOR);
         assert_eq!(report, Report::default());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_plan_is_an_error_naming_it() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            let mut bad = stored_plan(&["a"]);
+            bad["data"]["template"] = "not json".into();
+            let (_, send) = v.expect("GET", PLAN).await;
+            send.ok(&bad);
+        });
+        let result = run(client, &settings()).await;
+        server.await.expect("verifier");
+        rbac::check_against(rbac::OPERATOR);
+        let Err(e @ UninstallError::BadPlan { .. }) = result else {
+            panic!("{result:?}");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("palisade-enforcer-uninstall-plan") && text.contains("template"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
