@@ -22,6 +22,7 @@ use axum::routing::get;
 use axum::Router;
 use palisade_audit::{
     now_ms, parse_direction, parse_time, parse_verdict, AuditError, AuditStore, DecisionFilter,
+    StoredDecision,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -208,6 +209,7 @@ impl Api {
         headers: &HeaderMap,
         namespaces: Vec<Option<String>>,
         format: Format,
+        render: fn(&[T], Format) -> Response,
         query: F,
     ) -> Response
     where
@@ -275,9 +277,13 @@ async fn decisions(State(api): State<Api>, headers: HeaderMap, q: Q) -> Response
         Err(f) => return api.fail(f),
     };
     let namespaces = namespaces_of(&filter);
-    api.answer(&headers, namespaces, format, |store| async move {
-        store.decisions(&filter).await
-    })
+    api.answer(
+        &headers,
+        namespaces,
+        format,
+        render_decisions,
+        |store| async move { store.decisions(&filter).await },
+    )
     .await
 }
 
@@ -328,12 +334,9 @@ macro_rules! view {
                 Err(f) => return api.fail(f),
             };
             let _ = $since;
-            api.answer(
-                &headers,
-                vec![None],
-                format,
-                |$store| async move { $call.await },
-            )
+            api.answer(&headers, vec![None], format, render, |$store| async move {
+                $call.await
+            })
             .await
         }
     };
@@ -347,6 +350,18 @@ view!(top_talkers, false, |store, limit, since| store
 view!(traffic_per_policy, false, |store, limit, since| store
     .traffic_per_policy(limit));
 
+/// Decisions as a JSON array, or CSV with the columns `palisade-cli audit` prints.
+fn render_decisions(rows: &[StoredDecision], format: Format) -> Response {
+    match format {
+        Format::Json => render(rows, format),
+        Format::Csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            palisade_audit::output::csv(rows, true),
+        )
+            .into_response(),
+    }
+}
+
 /// A JSON array, or CSV with the fields of each row as columns (nested values as JSON).
 fn render<T: Serialize>(rows: &[T], format: Format) -> Response {
     match format {
@@ -354,26 +369,28 @@ fn render<T: Serialize>(rows: &[T], format: Format) -> Response {
             Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         },
-        Format::Csv => (
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            csv(rows),
-        )
-            .into_response(),
+        Format::Csv => match csv(rows) {
+            Ok(text) => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        },
     }
 }
 
-fn csv<T: Serialize>(rows: &[T]) -> String {
+/// Every row or an error: a row that does not serialize as an object is never skipped.
+fn csv<T: Serialize>(rows: &[T]) -> Result<String, String> {
     use palisade_audit::output::csv_field;
     let mut out = String::new();
-    let objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
+    let objects = rows
         .iter()
-        .filter_map(|r| match serde_json::to_value(r) {
-            Ok(serde_json::Value::Object(m)) => Some(m),
-            _ => None,
+        .enumerate()
+        .map(|(i, r)| match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(other) => Err(format!("row {i} is not an object: {other}")),
+            Err(e) => Err(format!("row {i}: {e}")),
         })
-        .collect();
+        .collect::<Result<Vec<_>, String>>()?;
     let Some(first) = objects.first() else {
-        return out;
+        return Ok(out);
     };
     let header: Vec<&String> = first.keys().collect();
     out.push_str(
@@ -396,7 +413,7 @@ fn csv<T: Serialize>(rows: &[T]) -> String {
         out.push_str(&line.join(","));
         out.push_str("\r\n");
     }
-    out
+    Ok(out)
 }
 
 /// A TLS listener for axum: each accepted connection's handshake is done (within 10 s)

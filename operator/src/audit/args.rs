@@ -50,9 +50,13 @@ pub struct AuditArgs {
 impl AuditArgs {
     /// Settings that contradict each other, refused at start rather than ignored.
     pub fn check(&self) -> Result<(), String> {
-        let postgres = self.audit_database.starts_with("postgres://")
-            || self.audit_database.starts_with("postgresql://");
-        if postgres && self.audit_retention_bytes > 0 {
+        if self.audit_database == "none" {
+            return Ok(());
+        }
+        // The same parse the store opens with: a mistyped URL is refused at start.
+        let backend =
+            palisade_audit::backend_of(&self.audit_database).map_err(|e| e.to_string())?;
+        if backend == palisade_audit::Backend::Postgres && self.audit_retention_bytes > 0 {
             return Err(
                 "--audit-retention-bytes needs SQLite: a PostgreSQL table does not \
                         shrink as rows are deleted; limit it with --audit-retention-rows"
@@ -188,5 +192,23 @@ mod tests {
         ])
         .expect("parses");
         assert!(pg.audit.check().is_err(), "bytes refused with PostgreSQL");
+        let parse = |db: &str| {
+            Cli::try_parse_from(["operator", "--audit-database", db])
+                .expect("parses")
+                .audit
+                .check()
+        };
+        for good in [
+            "none",
+            "sqlite:///var/lib/palisade/audit.db",
+            "postgresql://u@db/p",
+        ] {
+            assert_eq!(parse(good), Ok(()), "{good}");
+        }
+        // A mistyped scheme is refused at start, not retried forever by the ingest.
+        for bad in ["mysql://u@db/p", "/var/lib/audit.db", "sqlite3:///x.db"] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.contains("expected sqlite://PATH"), "{bad}: {err}");
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! counted in `palisade_audit_write_failures_total`) and nothing behind it is written or
 //! acknowledged: the enforcers keep their batches spooled and send them again on their next
 //! stream; the store skips what it already holds. Only the leader writes: a replica that
-//! lost the lead drops its queue unacknowledged.
+//! lost the lead drops its queue unacknowledged and closes the store until it leads again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,16 @@ impl Default for Backoff {
             max: Duration::from_secs(5),
         }
     }
+}
+
+/// How a write ended.
+enum Written {
+    /// Committed: one outcome per batch.
+    Stored(Vec<WriteOutcome>),
+    /// The same input would fail again.
+    Rejected(AuditError),
+    /// Not leading or shutting down: left unanswered.
+    Stopped,
 }
 
 /// The store once it is open (`None` before: opening is retried like a write).
@@ -120,19 +130,52 @@ impl IngestTask {
         mut jobs: mpsc::Receiver<Job>,
         store_tx: watch::Sender<Option<Arc<dyn AuditStore>>>,
     ) {
-        let Some(store) = self.open().await else {
-            return;
-        };
-        store_tx.send_replace(Some(Arc::clone(&store)));
+        // Each term of leadership opens the store and closes it when the lead is lost, so
+        // only the leader answers the query API (the slot is empty elsewhere: 503).
+        loop {
+            let Some(store) = self.open().await else {
+                return;
+            };
+            store_tx.send_replace(Some(Arc::clone(&store)));
+            let lead_lost = self.serve(store.as_ref(), &mut jobs).await;
+            store_tx.send_replace(None);
+            store.close().await;
+            if !lead_lost {
+                return;
+            }
+            // Their streams end on the lead loss too: the enforcers send them to the leader.
+            while let Ok(job) = jobs.try_recv() {
+                self.metrics.pending.dec();
+                drop(job);
+            }
+            tracing::info!("audit log: lead lost; database closed, queue dropped");
+        }
+    }
+
+    /// Writes queued batches until shutdown (false) or until this replica stops leading
+    /// (true).
+    async fn serve(&self, store: &dyn AuditStore, jobs: &mut mpsc::Receiver<Job>) -> bool {
+        let mut leading = self.hub.leadership();
         loop {
             let job = tokio::select! {
-                () = self.shutdown.cancelled() => break,
+                () = self.shutdown.cancelled() => return false,
+                r = leading.changed() => {
+                    if r.is_err() {
+                        return false;
+                    }
+                    if !*leading.borrow_and_update() {
+                        return true;
+                    }
+                    continue;
+                }
                 job = jobs.recv() => match job {
                     Some(job) => job,
-                    None => break,
+                    None => return false,
                 },
             };
-            // Group commit: every batch already waiting goes into the same transaction.
+            // Group commit: every batch already waiting goes into the same transaction. The
+            // batch that crosses the limit is still taken, so a group holds fewer than
+            // GROUP_DECISIONS plus one batch's decisions.
             let mut group = vec![job];
             let mut decisions = group[0].batch.decisions.len();
             while decisions < GROUP_DECISIONS {
@@ -141,13 +184,14 @@ impl IngestTask {
                 group.push(next);
             }
             self.metrics.pending.dec_by(group.len() as i64);
-            self.handle_group(store.as_ref(), group).await;
+            self.handle_group(store, group).await;
         }
-        store.close().await;
     }
 
     /// Opens the database once this replica leads (opening migrates: a write), retrying
-    /// with backoff (the operator serves rules meanwhile).
+    /// transient failures with backoff (the operator serves rules meanwhile). A URL or
+    /// schema that can never work gives up: logged as an error and counted in
+    /// `palisade_audit_open_failed_total`; the audit log stays off until a restart.
     async fn open(&self) -> Option<Arc<dyn AuditStore>> {
         let mut leading = self.hub.leadership();
         while !*leading.borrow_and_update() {
@@ -164,10 +208,17 @@ impl IngestTask {
                     tracing::info!(database = %shown, "audit log: database open and migrated");
                     return Some(store);
                 }
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     self.metrics.write_failures.inc();
                     tracing::warn!(database = %shown, error = %e, retry_ms = delay.as_millis() as u64,
                         "audit log: cannot open the database; retrying");
+                }
+                Err(e) => {
+                    self.metrics.open_failed.inc();
+                    tracing::error!(database = %shown, error = %e,
+                        "audit log: the database cannot be opened and retrying cannot help; \
+                         the audit log is OFF until the setting is fixed and the operator restarted");
+                    return None;
                 }
             }
             if !self.pause(&mut delay).await {
@@ -176,22 +227,80 @@ impl IngestTask {
         }
     }
 
-    /// Writes batches in one transaction, retrying transient failures; answers each stream
-    /// once committed. When one batch cannot be stored at all, each is written alone, so
-    /// only that one becomes a gap.
+    /// Writes batches in one transaction; answers each stream once committed. When one
+    /// batch cannot be stored at all, each is written alone, so only that one becomes a gap.
     async fn handle_group(&self, store: &dyn AuditStore, group: Vec<Job>) {
-        if group.len() == 1 {
-            for job in group {
-                self.handle(store, job).await;
-            }
-            return;
-        }
         let ips = self.pod_ips.snapshot();
         let (mut batches, dones): (Vec<DecisionBatch>, Vec<oneshot::Sender<u64>>) =
             group.into_iter().map(|j| (j.batch, j.done)).unzip();
         for batch in &mut batches {
             attribute(batch, &ips);
         }
+        if batches.len() > 1 {
+            match self.write(store, &batches).await {
+                Written::Stored(outcomes) => {
+                    for ((batch, done), out) in batches.iter().zip(dones).zip(outcomes) {
+                        self.stored(batch, &out, batch.seq, done);
+                    }
+                    return;
+                }
+                Written::Stopped => return,
+                Written::Rejected(_) => {}
+            }
+        }
+        for (batch, done) in batches.into_iter().zip(dones) {
+            self.handle(store, batch, done).await;
+        }
+    }
+
+    /// Writes one (attributed) batch; answers its stream once committed. A batch the store
+    /// refuses is stored as a gap; when even that gap is refused (it carries the same
+    /// source), the batch is logged, counted and acknowledged so the queue moves on.
+    async fn handle(
+        &self,
+        store: &dyn AuditStore,
+        batch: DecisionBatch,
+        done: oneshot::Sender<u64>,
+    ) {
+        let seq = batch.seq;
+        let e = match self.write(store, std::slice::from_ref(&batch)).await {
+            Written::Stored(out) => return self.stored_one(&batch, &out, seq, done),
+            Written::Stopped => return,
+            Written::Rejected(e) => e,
+        };
+        self.metrics.rejected.inc();
+        tracing::error!(source = %batch.source, seq = batch.seq, error = %e,
+            "audit log: batch rejected; recorded as a gap");
+        let gap = rejection(&batch, &e);
+        match self.write(store, std::slice::from_ref(&gap)).await {
+            Written::Stored(out) => self.stored_one(&gap, &out, seq, done),
+            Written::Stopped => {}
+            Written::Rejected(e) => {
+                self.metrics.rejected.inc();
+                tracing::error!(source = %batch.source, seq = batch.seq, error = %e,
+                    "audit log: batch and its gap both rejected; dropped and acknowledged");
+                let _ = done.send(seq);
+            }
+        }
+    }
+
+    fn stored_one(
+        &self,
+        batch: &DecisionBatch,
+        outcomes: &[WriteOutcome],
+        seq: u64,
+        done: oneshot::Sender<u64>,
+    ) {
+        match outcomes.first() {
+            Some(out) => self.stored(batch, out, seq, done),
+            None => tracing::error!(source = %batch.source, seq = batch.seq,
+                "audit log: the store answered no outcome for a batch"),
+        }
+    }
+
+    /// Writes `batches` in one transaction while this replica leads, retrying transient
+    /// failures with backoff (each counted in `palisade_audit_write_failures_total`).
+    async fn write(&self, store: &dyn AuditStore, batches: &[DecisionBatch]) -> Written {
         let mut delay = self.backoff.first;
         loop {
             if !self.hub.is_leader() {
@@ -199,65 +308,19 @@ impl IngestTask {
                     batches = batches.len(),
                     "not leading: batches left to the leader"
                 );
-                return;
+                return Written::Stopped;
             }
-            match store.write_batches(&batches, now_ms()).await {
-                Ok(outcomes) => {
-                    for ((batch, done), out) in batches.iter().zip(dones).zip(outcomes) {
-                        self.stored(batch, &out, batch.seq, done);
-                    }
-                    return;
-                }
+            match store.write_batches(batches, now_ms()).await {
+                Ok(outcomes) => return Written::Stored(outcomes),
                 Err(e) if e.is_transient() => {
                     self.metrics.write_failures.inc();
                     tracing::warn!(batches = batches.len(), error = %e,
                         retry_ms = delay.as_millis() as u64, "audit log: write failed; retrying");
                     if !self.pause(&mut delay).await {
-                        return;
+                        return Written::Stopped;
                     }
                 }
-                Err(_) => {
-                    for (batch, done) in batches.into_iter().zip(dones) {
-                        self.handle(store, Job { batch, done }).await;
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Writes one batch, retrying transient failures; answers its stream once committed.
-    async fn handle(&self, store: &dyn AuditStore, mut job: Job) {
-        attribute(&mut job.batch, &self.pod_ips.snapshot());
-        // The seq the stream waits for (a rejection's may be clamped).
-        let seq = job.batch.seq;
-        let mut delay = self.backoff.first;
-        let mut batch = job.batch;
-        loop {
-            if !self.hub.is_leader() {
-                tracing::debug!(source = %batch.source, seq = batch.seq, "not leading: batch left to the leader");
-                return;
-            }
-            match store.write_batch(&batch, now_ms()).await {
-                Ok(out) => {
-                    self.stored(&batch, &out, seq, job.done);
-                    return;
-                }
-                Err(e) if e.is_transient() => {
-                    self.metrics.write_failures.inc();
-                    tracing::warn!(source = %batch.source, seq = batch.seq, error = %e,
-                        retry_ms = delay.as_millis() as u64, "audit log: write failed; retrying");
-                    if !self.pause(&mut delay).await {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    // The same input would fail again: store what was lost, as a gap.
-                    self.metrics.rejected.inc();
-                    tracing::error!(source = %batch.source, seq = batch.seq, error = %e,
-                        "audit log: batch rejected; recorded as a gap");
-                    batch = rejection(&batch, &e);
-                }
+                Err(e) => return Written::Rejected(e),
             }
         }
     }

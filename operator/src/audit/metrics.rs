@@ -25,6 +25,9 @@ pub struct AuditMetrics {
     /// `palisade_audit_batches_rejected_total`: batches that cannot be stored as sent
     /// (recorded as a gap instead).
     pub rejected: Counter,
+    /// `palisade_audit_open_failed_total`: the database could not be opened for a reason
+    /// retrying cannot fix (bad URL, foreign schema): the audit log is off.
+    pub open_failed: Counter,
     /// `palisade_audit_backlog_full_total`: streams ended because the ingest queue was full.
     pub backlog_full: Counter,
     /// `palisade_audit_pending_batches`: batches waiting to be written.
@@ -67,6 +70,11 @@ impl AuditMetrics {
             "palisade_audit_batches_rejected",
             "Decision batches that could not be stored as sent (recorded as gaps)",
             self.rejected.clone(),
+        );
+        registry.register(
+            "palisade_audit_open_failed",
+            "The audit database could not be opened for a reason retrying cannot fix (audit log off)",
+            self.open_failed.clone(),
         );
         registry.register(
             "palisade_audit_backlog_full",

@@ -215,7 +215,12 @@ async fn no_namespace_needs_cluster_wide_access_and_csv_works() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(lines.len(), 3, "header and two rows: {body}");
-    assert!(lines[0].contains("dst_namespace"), "{body}");
+    // The columns `palisade-cli audit --output csv` prints, in its order.
+    assert_eq!(
+        lines[0],
+        palisade_audit::output::COLUMNS.join(","),
+        "{body}"
+    );
 }
 
 #[tokio::test]

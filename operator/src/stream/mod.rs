@@ -429,6 +429,15 @@ impl Session {
                         let Some(ingest) = &self.audit else {
                             continue;
                         };
+                        // A node writes only under its own name: otherwise it could fill
+                        // another node's `<node>/<id>` seqs and have that node's batches
+                        // skipped as duplicates.
+                        if let Err(why) = own_batch(&self.node, &batch) {
+                            tracing::error!(node = %self.node, peer = %self.peer, source = %batch.source,
+                                seq = batch.seq, "decision batch refused, stream ended: {why}");
+                            end(&tx, Status::invalid_argument(format!("decision batch refused: {why}"))).await;
+                            return self.close("audit_foreign_batch");
+                        }
                         match ingest.submit(batch) {
                             Ok(done) => acks.push_back(done),
                             Err(e) => {
@@ -508,6 +517,34 @@ impl Session {
         }
         self.metrics.connected.dec();
         tracing::info!(node = %self.node, peer = %self.peer, "enforcer disconnected");
+    }
+}
+
+/// Why `batch` may not be stored for `node` (its stream's authenticated node): the
+/// source must be `<node>/<id>` with a non-empty id, and every decision and gap must name
+/// `node`.
+pub fn own_batch(node: &str, batch: &palisade_wire::audit::DecisionBatch) -> Result<(), String> {
+    let id = batch
+        .source
+        .strip_prefix(node)
+        .and_then(|rest| rest.strip_prefix('/'));
+    if id.is_none_or(str::is_empty) {
+        return Err(format!(
+            "source {:?} is not \"{node}/<id>\" (this stream is node {node:?})",
+            batch.source
+        ));
+    }
+    let other = batch
+        .decisions
+        .iter()
+        .map(|d| &d.node)
+        .chain(batch.gaps.iter().map(|g| &g.node))
+        .find(|n| n.as_str() != node);
+    match other {
+        Some(n) => Err(format!(
+            "an entry names node {n:?} (this stream is node {node:?})"
+        )),
+        None => Ok(()),
     }
 }
 
