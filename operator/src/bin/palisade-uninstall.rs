@@ -1,6 +1,8 @@
 //! `palisade-uninstall`: the Helm chart's uninstall hooks (`palisade_operator::uninstall`).
 //! `--phase pre-delete` stops the enforcers and removes Palisade's chains, hooks and sets from
-//! every node, prints one JSON report on stdout and exits 1 when a node could not be cleaned;
+//! every node, prints one JSON report on stdout and exits 1 when a node could not be cleaned
+//! (a retry runs the plan the failed attempt saved; `"found": false` in the report means no
+//! DaemonSet and no saved plan: nothing was installed to clean);
 //! `--phase post-delete` waits for the operator's pods to go and deletes its certificate
 //! Secret and leader Lease.
 
