@@ -200,6 +200,9 @@ fn print_report(cp: &crate::operator::ControlPlane, step: &Loaded) {
                 }
             }
         }
+        Err(_) if cp.report(Some(ns)).is_some() => {
+            println!("Policy report {file}: written, but not settled within 5 s")
+        }
         Err(_) => println!("Policy report {file}: not written yet"),
     }
 }

@@ -125,10 +125,19 @@ pub fn cluster_manifests(cluster: &Cluster) -> String {
             status["podIP"] = json!(first.to_string());
             status["podIPs"] = json!(ips);
         }
+        let mut metadata =
+            json!({"name": pod.name, "namespace": pod.namespace, "labels": pod.labels});
+        if let Some(created) = pod.created {
+            metadata["creationTimestamp"] = json!(timestamp(created));
+        }
+        if pod.terminating {
+            // Only its presence matters; a fixed time keeps the manifest stable.
+            metadata["deletionTimestamp"] = json!(timestamp(pod.created.unwrap_or(0) + 1));
+        }
         docs.push(json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
+            "metadata": metadata,
             "spec": spec,
             "status": status,
         }));
@@ -140,6 +149,12 @@ pub fn cluster_manifests(cluster: &Cluster) -> String {
         out.push('\n');
     }
     out
+}
+
+/// RFC 3339 text of `seconds` since the epoch, as the API server writes timestamps.
+fn timestamp(seconds: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(seconds)
+        .map_or_else(|_| "1970-01-01T00:00:00Z".to_string(), |t| t.to_string())
 }
 
 /// Writes `text` to `dir/name` atomically (the operator skips dot-files).
@@ -314,8 +329,16 @@ impl ControlPlane {
             Some(ns) => format!("policyreport.{ns}.yaml"),
             None => "clusterpolicyreport.yaml".to_string(),
         };
-        let text = std::fs::read_to_string(self.reports.join(name)).ok()?;
-        serde_yaml::from_str(&text).ok()
+        let path = self.reports.join(name);
+        let text = std::fs::read_to_string(&path).ok()?;
+        // The operator writes reports atomically: text that does not parse is a bug to show.
+        match serde_yaml::from_str(&text) {
+            Ok(report) => Some(report),
+            Err(e) => {
+                eprintln!("{}: not a report: {e}", path.display());
+                None
+            }
+        }
     }
 
     /// Waits (bounded) until the report of `namespace` satisfies `pred`; returns it.

@@ -3,7 +3,8 @@
 //! (`pod=new`) gets 10.244.1.12 while x/old, Terminating, still lists it. A connection
 //! from 10.244.1.12 (the namespace of the lab's y/new) to x/b must be judged as y/new's:
 //! denied. Once y/new is gone, x/old (terminating, still running) owns the address again.
-//! palisade-operator reads manifests with `creationTimestamp` / `deletionTimestamp`, one
+//! palisade-operator reads manifests with `creationTimestamp` / `deletionTimestamp` (the lab
+//! writes them from each pod's `created` and `terminating`), one
 //! palisade-enforcer agent per node applies the rules; every step waits until each agent
 //! enforces what the engine compiles (so the operator resolves owners as the engine does).
 //! Needs root and the three binaries (`cargo build --workspace --bins`); skipped otherwise.
@@ -17,7 +18,6 @@ use e2e::probe::{Outcome, Target, Timing};
 use e2e::runner::{load, Loaded, Options, ScenarioLab};
 use e2e::sock::Proto;
 use palisade_policy::model::{Cluster, Pod};
-use serde_json::Value;
 
 const SCENARIO: &str = r#"name: address-reuse-one-owner
 namespaces:
@@ -45,44 +45,17 @@ expected:
     denied: ["y/new->x/b"]
 "#;
 
-/// x/old's and y/new's creation times (RFC 3339 and seconds), and x/old's deletion mark.
-const OLD_CREATED: (&str, i64) = ("2026-11-26T02:00:00Z", 1_795_658_400);
-const NEW_CREATED: (&str, i64) = ("2026-11-26T03:00:10Z", 1_795_662_010);
-const OLD_DELETION: &str = "2026-11-26T03:00:30Z";
+/// x/old's and y/new's creation times (seconds since the epoch).
+const OLD_CREATED: i64 = 1_795_658_400;
+const NEW_CREATED: i64 = 1_795_662_010;
 
-/// The cluster of one step: the scenario's, without y/new, plus `extra` pods; and its
-/// manifests with the pods' timestamps (the lab's manifest writer has none).
-fn step(lab: &ScenarioLab, loaded: &Loaded, extra: &[Pod]) -> (Cluster, String) {
+/// The cluster of one step: the scenario's, without y/new, plus `extra` pods (the lab
+/// writes their creation and deletion marks into the manifests).
+fn step(lab: &ScenarioLab, loaded: &Loaded, extra: &[Pod]) -> Cluster {
     let mut cluster = lab.placed(loaded.engine.cluster());
     cluster.pods.retain(|p| p.name != "new");
     cluster.pods.extend(extra.iter().cloned());
-    let mut text = String::new();
-    for doc in e2e::operator::cluster_manifests(&cluster).split("\n---\n") {
-        let doc = doc.trim_start_matches("---\n").trim();
-        if doc.is_empty() {
-            continue;
-        }
-        let mut value: Value = serde_json::from_str(doc).expect("a manifest the lab wrote");
-        let name = value["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if let Some(pod) = extra.iter().find(|p| p.name == name) {
-            let (created, _) = if pod.name == "old" {
-                OLD_CREATED
-            } else {
-                NEW_CREATED
-            };
-            value["metadata"]["creationTimestamp"] = Value::from(created);
-            if pod.terminating {
-                value["metadata"]["deletionTimestamp"] = Value::from(OLD_DELETION);
-            }
-        }
-        text.push_str("---\n");
-        text.push_str(&value.to_string());
-        text.push('\n');
-    }
-    (cluster, text)
+    cluster
 }
 
 /// y/new as the scenario has it (its address, node, ports), with its creation time.
@@ -95,7 +68,7 @@ fn new_pod(loaded: &Loaded) -> Pod {
         .find(|p| p.name == "new")
         .cloned()
         .expect("y/new in the scenario");
-    pod.created = Some(NEW_CREATED.1);
+    pod.created = Some(NEW_CREATED);
     pod
 }
 
@@ -105,21 +78,16 @@ fn old_pod(loaded: &Loaded, terminating: bool) -> Pod {
     pod.namespace = "x".into();
     pod.name = "old".into();
     pod.labels = [("pod".to_string(), "a".to_string())].into_iter().collect();
-    pod.created = Some(OLD_CREATED.1);
+    pod.created = Some(OLD_CREATED);
     pod.terminating = terminating;
     pod
 }
 
 /// Writes a step's manifests and waits until every agent enforces it.
 fn apply(lab: &mut ScenarioLab, loaded: &Loaded, extra: &[Pod], what: &str) {
-    let (cluster, text) = step(lab, loaded, extra);
+    let cluster = step(lab, loaded, extra);
     let cp = lab.control.as_ref().expect("operator mode");
-    let (tmp, path) = (
-        cp.manifests.join(".cluster.yaml.tmp"),
-        cp.manifests.join("cluster.yaml"),
-    );
-    std::fs::write(&tmp, text).expect("write manifests");
-    std::fs::rename(&tmp, &path).expect("rename manifests");
+    cp.write_cluster(&cluster).expect("write manifests");
     lab.wait_realised(&cluster, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{what}: not realised: {e:#}"));
 }
