@@ -327,3 +327,79 @@ async fn batches_wait_for_a_locked_sqlite_file() {
     assert_eq!(db.count_decisions().await.expect("count"), 10 * last);
     server.shutdown.cancel();
 }
+
+/// What the server answers next on `conn`: an error status, once the stream is refused.
+async fn refused(conn: &mut Conn) -> tonic::Status {
+    match tokio::time::timeout(WAIT, conn.rx.message()).await {
+        Ok(Err(status)) => status,
+        other => panic!("expected the stream to end with an error, got {other:?}"),
+    }
+}
+
+/// A node writes only under its own name: a batch whose source is another node's (or has
+/// no id), or whose entries name another node, ends the stream with a clear error and
+/// nothing of it is stored; the node's own batches are then stored as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_write_under_another_nodes_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(format!("sqlite://{}/audit.db", dir.path().display())).await;
+    let mut forged_node = batch(1, 2, "10.2.0.5");
+    forged_node.decisions[1].node = "n2".into();
+    let mut forged_gap = batch(1, 0, "10.2.0.5");
+    forged_gap.gaps.push(palisade_wire::audit::Gap {
+        node: "n2".into(),
+        from_ms: 1,
+        to_ms: 2,
+        lost: 3,
+        reason: "x".into(),
+    });
+    let cases = [
+        ("n2/test", None),
+        ("", None),
+        ("n1/", None),
+        ("n1", None),
+        ("n1x/test", None),
+        ("n1/test", Some(forged_node)),
+        ("n1/test", Some(forged_gap)),
+    ];
+    for (source, forged) in cases {
+        let mut conn = follow(&server.endpoint, &server.ca).await;
+        let mut b = forged.unwrap_or_else(|| batch(1, 2, "10.2.0.5"));
+        b.source = source.into();
+        conn.tx
+            .send(ClientMessage::Decisions(b))
+            .await
+            .expect("send");
+        let status = refused(&mut conn).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{source:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains("decision batch refused"),
+            "{source:?}: {}",
+            status.message()
+        );
+    }
+    let db = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(db) = server.store.borrow().clone() {
+                return db;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("store open");
+    assert_eq!(db.count_decisions().await.expect("count"), 0);
+    assert_eq!(db.gaps(0, 10).await.expect("gaps").len(), 0);
+    let mut conn = follow(&server.endpoint, &server.ca).await;
+    conn.tx
+        .send(ClientMessage::Decisions(batch(1, 2, "10.2.0.5")))
+        .await
+        .expect("send");
+    assert_eq!(ack(&mut conn).await, 1);
+    assert_eq!(db.count_decisions().await.expect("count"), 2);
+    server.shutdown.cancel();
+}

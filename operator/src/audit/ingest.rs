@@ -276,7 +276,6 @@ impl IngestTask {
             Written::Stored(out) => self.stored_one(&gap, &out, seq, done),
             Written::Stopped => {}
             Written::Rejected(e) => {
-                self.metrics.rejected.inc();
                 tracing::error!(source = %batch.source, seq = batch.seq, error = %e,
                     "audit log: batch and its gap both rejected; dropped and acknowledged");
                 let _ = done.send(seq);

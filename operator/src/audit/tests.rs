@@ -434,3 +434,136 @@ async fn served_over_https() {
     shutdown.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
 }
+
+/// An ingest writing into a fresh SQLite file (or `url`), with short backoffs.
+fn ingest_task(
+    url: String,
+    hub: &Arc<crate::hub::Hub>,
+    metrics: &AuditMetrics,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> (super::Ingest, super::StoreSlot, tokio::task::JoinHandle<()>) {
+    use super::ingest::{Backoff, IngestTask};
+    IngestTask {
+        url,
+        pod_ips: super::PodIps::new(),
+        hub: Arc::clone(hub),
+        metrics: metrics.clone(),
+        backoff: Backoff {
+            first: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_millis(50),
+        },
+        shutdown: shutdown.clone(),
+    }
+    .spawn()
+}
+
+/// Waits (bounded) until the slot holds a store (`open`) or is empty.
+async fn slot_is(slot: &mut super::StoreSlot, open: bool) {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slot.wait_for(|s| s.is_some() == open),
+    )
+    .await
+    .expect("in time")
+    .expect("slot kept");
+}
+
+/// A batch whose gap the store refuses too (no source: only the stream session keeps such
+/// batches out) is logged, counted and acknowledged once; the batch behind it is stored.
+#[tokio::test]
+async fn a_batch_whose_gap_is_refused_is_acknowledged_not_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = crate::hub::Hub::new();
+    hub.set_leader(true);
+    let metrics = AuditMetrics::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let url = format!("sqlite://{}/audit.db", dir.path().display());
+    let (ingest, mut slot, task) = ingest_task(url, &hub, &metrics, &shutdown);
+    slot_is(&mut slot, true).await;
+    let d = decision(("dev", "curl"), ("prod", "web"), Verdict::Allow);
+    let mut answers = Vec::new();
+    for (source, seq) in [("", 4), ("n1/x", 5)] {
+        answers.push(
+            ingest
+                .submit(DecisionBatch {
+                    source: source.into(),
+                    seq,
+                    decisions: vec![d.clone()],
+                    gaps: vec![],
+                })
+                .expect("queued"),
+        );
+    }
+    let mut seqs = Vec::new();
+    for answer in answers {
+        let seq = tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+            .await
+            .expect("answered in time (not retried forever)")
+            .expect("answered");
+        seqs.push(seq);
+    }
+    assert_eq!(seqs, [4, 5]);
+    assert_eq!(metrics.rejected.get(), 1);
+    assert_eq!(metrics.stored.get(), 1);
+    let db = slot.borrow().clone().expect("open");
+    assert_eq!(db.count_decisions().await.expect("count"), 1);
+    assert!(db.gaps(0, 10).await.expect("gaps").is_empty());
+    shutdown.cancel();
+    let _ = task.await;
+}
+
+/// A URL no backend takes is not retried: the task ends, counted in `open_failed`.
+#[tokio::test]
+async fn an_unusable_database_url_is_given_up_on() {
+    let hub = crate::hub::Hub::new();
+    hub.set_leader(true);
+    let metrics = AuditMetrics::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (_ingest, slot, task) = ingest_task("mysql://u@db/audit".into(), &hub, &metrics, &shutdown);
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("gives up at once")
+        .expect("task");
+    assert_eq!(metrics.open_failed.get(), 1);
+    assert_eq!(metrics.write_failures.get(), 0, "not retried");
+    assert!(slot.borrow().is_none());
+}
+
+/// Only the leader holds the store: on lead loss it is closed and the slot emptied (the
+/// query API answers 503), and it is opened again when the lead comes back.
+#[tokio::test]
+async fn the_store_is_closed_when_the_lead_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = crate::hub::Hub::new();
+    let metrics = AuditMetrics::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let url = format!("sqlite://{}/audit.db", dir.path().display());
+    let (ingest, mut slot, task) = ingest_task(url, &hub, &metrics, &shutdown);
+    hub.set_leader(true);
+    slot_is(&mut slot, true).await;
+    let first = slot.borrow().clone().expect("open");
+    hub.set_leader(false);
+    slot_is(&mut slot, false).await;
+    // The pool the slot held is closed: nothing keeps writing from this replica.
+    assert!(
+        first.count_decisions().await.is_err(),
+        "closed on lead loss"
+    );
+    hub.set_leader(true);
+    slot_is(&mut slot, true).await;
+    let answer = ingest
+        .submit(DecisionBatch {
+            source: "n1/x".into(),
+            seq: 1,
+            decisions: vec![decision(("dev", "curl"), ("prod", "web"), Verdict::Allow)],
+            gaps: vec![],
+        })
+        .expect("queued");
+    let seq = tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+        .await
+        .expect("in time")
+        .expect("answered");
+    assert_eq!(seq, 1);
+    shutdown.cancel();
+    let _ = task.await;
+}
