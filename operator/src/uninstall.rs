@@ -1051,6 +1051,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retry_that_still_finds_the_daemonset_replaces_the_saved_plan() {
+        rbac::check_against(rbac::UNINSTALL);
+        let (client, mut v) = verifier::client();
+        let server = tokio::spawn(async move {
+            // The first attempt saved its plan, then gave up while the DaemonSet was still
+            // being deleted: the plan is rewritten from the DaemonSet (PUT, not POST).
+            let (_, send) = v.expect("GET", PLAN).await;
+            send.ok(&stored_plan(&["b"]));
+            let (_, send) = v.expect("GET", DS).await;
+            send.ok(&daemonset());
+            let (_, send) = v.expect("GET", "/api/v1/nodes?").await;
+            send.ok(&list("NodeList", vec![node("a", "linux")]));
+            let (saved, send) = v.expect("PUT", &format!("{PLAN}?")).await;
+            send.ok(&saved);
+            let (_, send) = v.expect("DELETE", &format!("{DS}?")).await;
+            send.status(404, "NotFound");
+            let (_, send) = v.expect("GET", ENFORCERS).await;
+            send.ok(&list("PodList", vec![]));
+            let (_, send) = v.expect("GET", CLEANUPS).await;
+            send.ok(&list("PodList", vec![]));
+            created(&mut v, "palisade-enforcer-cleanup-aaaaa").await;
+            let (_, send) = v.expect("GET", CLEANUPS).await;
+            send.ok(&list(
+                "PodList",
+                vec![pod("palisade-enforcer-cleanup-aaaaa", "Succeeded")],
+            ));
+            let (_, send) = v
+                .expect(
+                    "DELETE",
+                    &format!("{PODS}/palisade-enforcer-cleanup-aaaaa?"),
+                )
+                .await;
+            send.ok(&pod("palisade-enforcer-cleanup-aaaaa", "Succeeded"));
+            let (_, send) = v.expect("DELETE", &format!("{PLAN}?")).await;
+            send.ok(&stored_plan(&[]));
+            saved
+        });
+        let report = run(client, &settings()).await.expect("ran");
+        let saved = server.await.expect("verifier");
+        rbac::check_against(rbac::OPERATOR);
+        assert_eq!(plan_nodes(&saved), json!(["a"]));
+        assert_eq!(report.cleaned, vec!["a".to_string()]);
+        assert!(report.failed.is_empty());
+    }
+
+    #[tokio::test]
     async fn no_daemonset_and_no_plan_means_nothing_to_do() {
         rbac::check_against(rbac::UNINSTALL);
         let (client, mut v) = verifier::client();
