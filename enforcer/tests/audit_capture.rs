@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use palisade_enforcer::audit::{AuditConfig, Capture, Spool};
+use palisade_enforcer::audit::{AuditConfig, Capture, Ids, Spool};
 use palisade_enforcer::names::rule_id;
 use palisade_enforcer::{render, ApplyOptions, Backend, Enforcer, NodeRuleSet, RenderOptions};
 use palisade_policy::model::{Action, AuditMode, DefaultAction, Direction, PolicyKind, Protocol};
@@ -687,4 +687,149 @@ fn a_kernel_overrun_is_seen_and_its_size_known_from_the_sequence_numbers() {
     assert_eq!(max_seq, 3000, "3,001 messages made, numbered from 0");
     let lost = u64::from(max_seq) + 1 - records;
     assert_eq!(lost, 3000 - before);
+}
+
+/// The ids of a new rule set reach the attribution before the kernel logs under
+/// them (after render, before the first change); an apply that changes no id
+/// publishes the same map (so the attribution retires nothing); a failed apply
+/// publishes the rule set in force again. Real traffic under the new ids is
+/// attributed.
+#[test]
+fn new_rule_ids_are_published_before_the_kernel_changes() {
+    if !can_netns("audit attribution order") {
+        return;
+    }
+    let lab = Lab::new(&["198.18.9.10", "198.18.9.11", "198.18.9.12"]);
+    let (a, b, c) = (
+        lab.ip(0).to_string(),
+        lab.ip(1).to_string(),
+        lab.ip(2).to_string(),
+    );
+    lab.serve(&[7001]);
+    let accepts = |version: u64, name: &str, peers: usize| {
+        let mut rs = state(&a, &b, &c);
+        rs.version = version;
+        if peers == 2 {
+            rs.sets.push(mk_set(
+                "d",
+                palisade_policy::model::Family::IPv4,
+                &[&format!("{a}/32")],
+                &[],
+            ));
+        }
+        rs.policies[1] = mk_policy(
+            PolicyKind::NetworkPolicy,
+            Some("ns"),
+            name,
+            1,
+            vec![mk_rule(
+                0,
+                Action::Accept,
+                vec![mk_match(Some(vec![peers]), Some(vec![tcp(7001)]), None)],
+            )],
+            vec![],
+        );
+        rs
+    };
+    let id = |name: &str| {
+        rule_id(
+            &pid(PolicyKind::NetworkPolicy, Some("ns"), name),
+            0,
+            Direction::Ingress,
+        )
+    };
+    let (id1, id2, id4) = (id("b-from-a"), id("b-from-a-v2"), id("b-from-a-v4"));
+    let rs1 = state(&a, &b, &c);
+    let rs2 = accepts(2, "b-from-a-v2", 0);
+    let mut rs3 = rs2.clone();
+    rs3.version = 3;
+    // Rule set 4 needs set "d", which the test makes impossible to create.
+    let rs4 = accepts(4, "b-from-a-v4", 2);
+    let d_set = palisade_enforcer::names::set_name("d", palisade_policy::model::Family::IPv4);
+    let dir = spool_dir("order");
+    let config = AuditConfig {
+        group: 100,
+        window: Duration::from_millis(200),
+        spool_dir: dir.clone(),
+        spool_max_bytes: 1 << 20,
+        keep_previous: Duration::from_secs(30),
+    };
+    let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
+    let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
+    // Per call of the observer: (the ids' map, rule 1 and rule 2 in the kernel then).
+    let mut seen: Vec<(Ids, bool, bool, usize)> = Vec::new();
+    let capture = lab.node.run(|| {
+        let capture = Capture::start(&config, "node-a", emit).expect("capture starts");
+        enforcer
+            .apply_attributed(&rs1, &capture.attribution)
+            .expect("apply 1");
+        let mut observe = |ids: &Ids, pods: &[palisade_policy::compiled::LocalPod]| {
+            let rules = sh("iptables-nft-save -t filter");
+            seen.push((
+                Arc::clone(ids),
+                rules.contains(&id1),
+                rules.contains(&id2),
+                pods.len(),
+            ));
+            capture
+                .attribution
+                .lock()
+                .expect("lock")
+                .update(Arc::clone(ids), pods, Instant::now());
+        };
+        enforcer
+            .apply_observed(&rs2, &mut observe)
+            .expect("apply 2");
+        enforcer
+            .apply_observed(&rs3, &mut observe)
+            .expect("apply 3");
+        sh(&format!("ipset create {d_set} hash:net family inet6"));
+        assert!(
+            enforcer.apply_observed(&rs4, &mut observe).is_err(),
+            "set {d_set} exists with another type"
+        );
+        capture
+    });
+    let s = lab
+        .connect(0, 1, 7001)
+        .expect("a → b:7001 is allowed by rule set 3");
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while capture.counters().records < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counters = capture.counters();
+    let spool = Arc::clone(&capture.spool);
+    capture.stop();
+    let decisions = spooled(&spool);
+    lab.node
+        .run(|| palisade_enforcer::cleanup().expect("cleanup"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Rule set 2's ids were known while the kernel held rule set 1 only.
+    let (ids2, had1, had2, pods) = seen.first().expect("rule set 2 observed");
+    assert!(ids2.contains_key(&id2) && !ids2.contains_key(&id1));
+    assert!(*had1 && !*had2, "published after the kernel changed");
+    assert_eq!(*pods, 1);
+    assert_eq!(seen.len(), 4, "rs2, rs3, rs4 and rs4's undoing");
+    // Rule set 3 changed no id: the same map.
+    assert!(
+        Arc::ptr_eq(&seen[1].0, ids2),
+        "an unchanged map was replaced"
+    );
+    // Rule set 4 published, failed, and rule set 3's map is current again.
+    assert!(seen[2].0.contains_key(&id4));
+    assert!(
+        Arc::ptr_eq(&seen[3].0, ids2),
+        "the failed apply was not undone"
+    );
+    assert_eq!(seen[3].3, 1);
+    let allowed = decisions
+        .get(&(id2.clone(), a.clone(), b.clone(), Some(7001)))
+        .unwrap_or_else(|| panic!("no allow record under {id2} in {decisions:#?}"));
+    assert_eq!(
+        allowed.policy.as_deref(),
+        Some("NetworkPolicy ns/b-from-a-v2")
+    );
+    assert_eq!(counters.unattributed, 0, "{counters:?}");
 }
