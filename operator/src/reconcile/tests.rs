@@ -340,3 +340,60 @@ fn an_address_claimed_twice_is_published_for_its_owner_only() {
     r.commit().expect("commit");
     assert!(r.conflicts.is_empty());
 }
+
+/// `--audit-default deny`: every published rule set carries it, the hub holds the index's own
+/// state (not a copy made per commit), and a commit that changes nothing else publishes
+/// nothing. Without the setting the rule sets say nothing (all decisions).
+#[test]
+fn the_audit_default_is_in_every_published_rule_set() {
+    use palisade_policy::model::AuditMode;
+    let events = || {
+        [
+            mk_node("n1", "172.18.0.2"),
+            mk_node("n2", "172.18.0.3"),
+            mk_namespace("prod"),
+            mk_pod("web", "n1", "10.0.0.5", "web"),
+            mk_pod("db", "n2", "10.0.0.6", "db"),
+            // web is selected: relabelling it changes n1's rules.
+            Event::Apply(ClusterObject::Policy(mk_deny(
+                "deny-web",
+                "web",
+                TIER_NETWORKPOLICY,
+            ))),
+            Event::Synced,
+        ]
+    };
+    let hub = Hub::new();
+    let metrics = Metrics::new(hub.clone());
+    let mut r = Reconciler::new(hub.clone(), metrics, Status::new(), Debounce::default())
+        .with_audit_default(Some(AuditMode::Deny));
+    for event in events() {
+        r.apply(event);
+    }
+    assert_eq!(r.commit().expect("commit"), 2);
+    for node in ["n1", "n2"] {
+        let published = hub.desired(node).expect("published");
+        assert_eq!(published.audit_default, Some(AuditMode::Deny), "{node}");
+        let kept = r.index().node_state(node).expect("compiled");
+        assert!(std::ptr::eq(published.as_ref(), kept), "{node}: copied");
+    }
+    assert_eq!(r.commit().expect("commit"), 0, "the default is no change");
+    r.apply(mk_pod("web", "n1", "10.0.0.5", "web2"));
+    r.commit().expect("commit");
+    let n1 = hub.desired("n1").expect("n1");
+    assert_eq!((n1.version, n1.audit_default), (2, Some(AuditMode::Deny)));
+
+    let plain_hub = Hub::new();
+    let metrics = Metrics::new(plain_hub.clone());
+    let mut plain = Reconciler::new(
+        plain_hub.clone(),
+        metrics,
+        Status::new(),
+        Debounce::default(),
+    );
+    for event in events() {
+        plain.apply(event);
+    }
+    plain.commit().expect("commit");
+    assert_eq!(plain_hub.desired("n1").expect("n1").audit_default, None);
+}
