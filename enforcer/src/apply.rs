@@ -7,7 +7,10 @@
 //! a build-and-swap), changed chains in one `iptables-restore --noflush` transaction
 //! per family. Its first apply reads what the kernel holds (chain names from
 //! `iptables-save`, set members from `ipset save`) and rewrites every chain of ours,
-//! so a restarted enforcer converges without ever flushing. Order of one apply:
+//! so a restarted enforcer converges without ever flushing. Before any change, the
+//! new rule set's short ids and pods go to the observer (the audit reader's
+//! attribution, [`Enforcer::apply_attributed`]), so the first packet a new rule
+//! logs is known. Order of one apply:
 //!
 //! 0. only when a local pod's address now belongs to another pod (a pod deleted
 //!    and its address given to a new one): `iptables-restore --noflush -w` per
