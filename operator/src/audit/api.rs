@@ -416,11 +416,18 @@ fn csv<T: Serialize>(rows: &[T]) -> Result<String, String> {
     Ok(out)
 }
 
-/// A TLS listener for axum: each accepted connection's handshake is done (within 10 s)
-/// before it is handed over; failed handshakes are logged and skipped.
+/// A TLS listener for axum: connections whose handshake is done (each in its own task,
+/// within 10 s: `stream::tls_incoming`), so an idle client holds up no other caller.
 struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    conns: tokio::sync::mpsc::Receiver<crate::stream::TlsConn>,
+    addr: std::net::SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -428,26 +435,15 @@ impl axum::serve::Listener for TlsListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (tcp, peer) = match self.tcp.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "audit API: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let handshake = self.acceptor.accept(tcp);
-            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
-                Ok(Ok(tls)) => return (tls, peer),
-                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "audit API: TLS handshake failed"),
-                Err(_) => tracing::warn!(%peer, "audit API: TLS handshake timed out"),
-            }
+        match self.conns.recv().await {
+            Some(conn) => conn,
+            // The accept task ends only with the listener: nothing more will come.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.addr)
     }
 }
 
@@ -463,9 +459,17 @@ pub async fn serve(
     let mut config = (*crate::stream::tls::server_config(cert, key)?).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = crate::stream::bind(listen).await?;
-    let listener = TlsListener {
+    let addr = tcp.local_addr().unwrap_or(listen);
+    let (conns, accept) = crate::stream::tls_incoming(
         tcp,
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        std::time::Duration::from_secs(10),
+        |peer, why| tracing::warn!(%peer, "audit API: {why}"),
+    );
+    let listener = TlsListener {
+        conns,
+        addr,
+        accept,
     };
     tracing::info!(addr = %listen, "audit query API: HTTPS /api/v1/decisions");
     Ok(tokio::spawn(async move {

@@ -390,7 +390,8 @@ async fn ingest_waits_for_the_lead_and_records_rejected_batches_as_gaps() {
 }
 
 /// The API over HTTPS (the stream's certificate, HTTP/1.1): a caller without a token gets
-/// 401 with `WWW-Authenticate: Bearer`, and no request reaches the API server.
+/// 401 with `WWW-Authenticate: Bearer`, and no request reaches the API server, promptly
+/// even while another client holds an idle connection.
 #[tokio::test]
 async fn served_over_https() {
     let f = fixture().await;
@@ -416,13 +417,22 @@ async fn served_over_https() {
     let mut config = kube::Config::new(format!("https://localhost:{port}").parse().expect("uri"));
     config.root_cert = Some(der);
     let client = kube::Client::try_from(config).expect("client");
+    // A client that connects and never starts its handshake (held for 10 s by the
+    // server) must not hold up the next caller.
+    let _idle = tokio::net::TcpStream::connect(listen)
+        .await
+        .expect("idle connection");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let request = http::Request::get("/api/v1/decisions?namespace=prod")
         .body(Vec::new())
         .expect("request");
-    let response = client
-        .send(request.map(kube::client::Body::from))
-        .await
-        .expect("answer");
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        client.send(request.map(kube::client::Body::from)),
+    )
+    .await
+    .expect("answered while another client idles")
+    .expect("answer");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         response

@@ -548,6 +548,58 @@ pub fn own_batch(node: &str, batch: &palisade_wire::audit::DecisionBatch) -> Res
     }
 }
 
+/// A connection whose TLS handshake is done, and its peer.
+pub type TlsConn = (
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    SocketAddr,
+);
+
+/// Accepts on `listener` and runs each TLS handshake in a task of its own, bounded by
+/// `handshake`, so a client that connects and sends nothing delays no one else: finished
+/// connections come out of the channel in the order they finish. A failed or timed-out
+/// handshake goes to `refused` (peer, why). The accept task ends once the receiver is
+/// dropped.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake: Duration,
+    refused: impl Fn(SocketAddr, &str) + Send + Sync + 'static,
+) -> (mpsc::Receiver<TlsConn>, tokio::task::JoinHandle<()>) {
+    let (conn_tx, conn_rx) = mpsc::channel(64);
+    let refused = Arc::new(refused);
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = conn_tx.closed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let conn_tx = conn_tx.clone();
+            let refused = Arc::clone(&refused);
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send((tls, peer)).await;
+                    }
+                    Ok(Err(e)) => refused(peer, &format!("TLS handshake failed: {e}")),
+                    Err(_) => refused(peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    (conn_rx, task)
+}
+
 /// Binds the stream's listener.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StreamError> {
     TcpListener::bind(addr)
@@ -568,46 +620,14 @@ pub async fn serve(
 ) -> Result<(), StreamError> {
     let timings = service.timings;
     let metrics = service.metrics.clone();
-    let acceptor = TlsAcceptor::from(tls);
-    let (conn_tx, conn_rx) = mpsc::channel(64);
-    let mut accept_shutdown = shutdown.clone();
-    let accept = tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                r = accept_shutdown.changed() => {
-                    if r.is_err() || *accept_shutdown.borrow_and_update() { break; }
-                    continue;
-                }
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "stream accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let conn_tx = conn_tx.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(timings.handshake, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(%peer, reason = "tls", "enforcer stream refused: TLS handshake failed: {e}");
-                        metrics.refuse("tls");
-                    }
-                    Err(_) => {
-                        tracing::warn!(%peer, reason = "tls", "enforcer stream refused: TLS handshake timed out");
-                        metrics.refuse("tls");
-                    }
-                }
-            });
-        }
+    let refused = move |peer: SocketAddr, why: &str| {
+        tracing::warn!(%peer, reason = "tls", "enforcer stream refused: {why}");
+        metrics.refuse("tls");
+    };
+    let (conns, accept) =
+        tls_incoming(listener, TlsAcceptor::from(tls), timings.handshake, refused);
+    let incoming = tokio_stream::StreamExt::map(ReceiverStream::new(conns), |(tls, _peer)| {
+        Ok::<_, std::io::Error>(tls)
     });
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(timings.keepalive))
@@ -617,7 +637,7 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(16 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             while !*shutdown.borrow_and_update() {
                 if shutdown.changed().await.is_err() {
                     break;
