@@ -493,9 +493,10 @@ impl Enforcer {
     /// a new flow to conntrack, from B to A's port, that B's egress and A's ingress
     /// usually allow: conntrack would carry the revoked flow on, reversed. TCP
     /// packets that would do so are denied by `PALISADE-PICKUP` (see
-    /// [`crate::render`]); for the rest, the table is read again (2 ms after the
-    /// deletions, twice, more while any turn up) and the entries from a revoked
-    /// destination and port back to its source are deleted too.
+    /// [`crate::render`](mod@crate::render)); for the rest, the table is read
+    /// again (2 ms after the deletions, twice, more while any turn up) and the
+    /// entries from a revoked destination and port back to its source are deleted
+    /// too.
     ///
     /// Returns the number deleted and the deletions that failed.
     pub fn revoke(

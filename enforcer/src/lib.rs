@@ -8,10 +8,10 @@
 //!                                 kernel
 //! ```
 //!
-//! [`render`] turns a node's compiled rule set ([`NodeRuleSet`]) into ipset and
+//! [`render`](mod@render) turns a node's compiled rule set ([`NodeRuleSet`]) into ipset and
 //! `iptables-restore --noflush` text for our own chains only; [`apply`] is the only
 //! module that runs iptables, ipset and conntrack, writing the difference from what
-//! it installed last; [`eval`] decides a connection exactly as the rendered rules
+//! it installed last; [`eval`](mod@eval) decides a connection exactly as the rendered rules
 //! do (used to revoke established connections a new state denies, and to cross-check
 //! the kernel in tests). [`stream`] is the client of the operator's stream
 //! (`palisade-enforcer agent`); `run` follows a file instead. [`audit`] reads the

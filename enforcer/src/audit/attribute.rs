@@ -6,7 +6,7 @@
 //! [`Attribution::new`] after they were replaced: a packet logged by a rule that
 //! was just replaced is still attributed to it, whichever of the last few sets it
 //! came from. The enforcer publishes a new set before it changes the kernel
-//! ([`crate::Enforcer::attach_attribution`]), so the new rules are known from
+//! ([`crate::Enforcer::apply_attributed`]), so the new rules are known from
 //! their first packet.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
