@@ -7,12 +7,13 @@
 //! SubjectAccessReview per namespace asked about, for the user, groups, uid and extra the
 //! review returned.
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::PostParams;
 use kube::{Api, Client};
+
+use crate::stream::auth::{token_review, ReviewFailure};
 
 /// The API group of the permission.
 pub const GROUP: &str = "audit.palisade.io";
@@ -52,13 +53,11 @@ pub struct Caller {
 #[derive(Clone)]
 pub struct Access {
     client: Client,
-    /// Audiences tokens must be valid for (empty: the API server's).
-    audiences: Vec<String>,
 }
 
 impl Access {
-    pub fn new(client: Client, audiences: Vec<String>) -> Self {
-        Access { client, audiences }
+    pub fn new(client: Client) -> Self {
+        Access { client }
     }
 
     /// TokenReview, then a SubjectAccessReview per namespace (`None`: cluster-wide).
@@ -75,28 +74,14 @@ impl Access {
     }
 
     async fn authenticate(&self, token: &str) -> Result<Caller, AccessError> {
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: token.to_string(),
-                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
-            },
-            ..TokenReview::default()
-        };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer = api
-            .create(&PostParams::default(), &review)
+        // The API server's default audience: the caller's own token (kubectl, a
+        // ServiceAccount) is valid for it.
+        let info = token_review(&self.client, token, &[])
             .await
-            .map_err(|e| AccessError::Unavailable(format!("TokenReview failed: {e}")))?;
-        let status = answer.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(AccessError::Unauthenticated(
-                status
-                    .error
-                    .filter(|e| !e.is_empty())
-                    .unwrap_or_else(|| "the API server did not authenticate the token".into()),
-            ));
-        }
-        let info = status.user.unwrap_or_default();
+            .map_err(|e| match e {
+                ReviewFailure::Unavailable(why) => AccessError::Unavailable(why),
+                ReviewFailure::Unauthenticated(why) => AccessError::Unauthenticated(why),
+            })?;
         let user = info.username.unwrap_or_default();
         if user.is_empty() {
             return Err(AccessError::Unauthenticated(

@@ -192,7 +192,7 @@ pub async fn start(
         Some(listen) => {
             let client = client.ok_or(AuditStartError::ApiWithoutCluster)?;
             let (cert, key) = certificate.ok_or(AuditStartError::ApiWithoutCertificate)?;
-            let router = api::router(store.clone(), access::Access::new(client, vec![]), metrics);
+            let router = api::router(store.clone(), access::Access::new(client), metrics);
             Some(api::serve(listen, cert, key, router, shutdown).await?)
         }
     };

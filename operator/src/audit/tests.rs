@@ -83,7 +83,7 @@ async fn fixture() -> Fixture {
     let (kube, api) = client();
     let metrics = AuditMetrics::new();
     Fixture {
-        app: router(slot, Access::new(kube, vec![]), metrics.clone()),
+        app: router(slot, Access::new(kube), metrics.clone()),
         api,
         metrics,
         _dir: dir,

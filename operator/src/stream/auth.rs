@@ -17,7 +17,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -104,6 +104,45 @@ pub struct TokenReviewAuthenticator {
     audiences: Vec<String>,
 }
 
+/// Why a TokenReview did not authenticate a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewFailure {
+    /// The API server could not be asked.
+    Unavailable(String),
+    /// It was asked and said no (its reason, when it gave one).
+    Unauthenticated(String),
+}
+
+/// Asks the API server (TokenReview) whom `token` belongs to, for `audiences` (empty: the
+/// API server's default); shared by the enforcer stream and the audit query API.
+pub async fn token_review(
+    client: &Client,
+    token: &str,
+    audiences: &[String],
+) -> Result<UserInfo, ReviewFailure> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.to_string(),
+            audiences: (!audiences.is_empty()).then(|| audiences.to_vec()),
+        },
+        ..TokenReview::default()
+    };
+    let api: Api<TokenReview> = Api::all(client.clone());
+    let answer = api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| ReviewFailure::Unavailable(format!("TokenReview failed: {e}")))?;
+    let status = answer.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        let why = status
+            .error
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "the API server did not authenticate the token".to_string());
+        return Err(ReviewFailure::Unauthenticated(why));
+    }
+    Ok(status.user.unwrap_or_default())
+}
+
 impl TokenReviewAuthenticator {
     /// `service_account` is `system:serviceaccount:NS:NAME` or `NS:NAME`.
     pub fn new(client: Client, service_account: &str, audiences: Vec<String>) -> Self {
@@ -125,27 +164,12 @@ impl TokenReviewAuthenticator {
     }
 
     async fn review(&self, token: &str, node: &str) -> Result<Identity, AuthError> {
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: token.to_string(),
-                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
-            },
-            ..TokenReview::default()
-        };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer = api
-            .create(&PostParams::default(), &review)
+        let user_info = token_review(&self.client, token, &self.audiences)
             .await
-            .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
-        let status = answer.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            let why = status
-                .error
-                .filter(|e| !e.is_empty())
-                .unwrap_or_else(|| "the API server did not authenticate the token".to_string());
-            return Err(AuthError::Unauthenticated(why));
-        }
-        let user_info = status.user.unwrap_or_default();
+            .map_err(|e| match e {
+                ReviewFailure::Unavailable(why) => AuthError::Unavailable(why),
+                ReviewFailure::Unauthenticated(why) => AuthError::Unauthenticated(why),
+            })?;
         let user = user_info.username.unwrap_or_default();
         if user != self.user {
             return Err(AuthError::WrongUser {
