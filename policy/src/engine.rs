@@ -882,14 +882,7 @@ fn order_tiers(cluster: &Cluster) -> Result<Vec<TierInfo>, PolicyError> {
         }
     }
     for p in &cluster.policies {
-        let np = p.id.kind == PolicyKind::NetworkPolicy;
-        if np != (p.tier == TIER_NETWORKPOLICY) {
-            return Err(PolicyError::invalid(
-                p.id.to_string(),
-                "spec.tier",
-                "only NetworkPolicies belong to the networkpolicy tier",
-            ));
-        }
+        p.check_tier()?;
         tiers.entry(p.tier.clone()).or_insert_with(|| TierInfo {
             name: p.tier.clone(),
             priority: 0,
