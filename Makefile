@@ -32,6 +32,8 @@ deps:
 
 # --sctp-raw: kernels built without SCTP sockets (this machine's) still get real SCTP
 # INIT / INIT ACK packets through iptables and conntrack (see e2e/README.md).
+# No incremental cache: a clean run never reuses it, and it doubles target/.
+test: export CARGO_INCREMENTAL = 0
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
