@@ -659,9 +659,16 @@ def test_report_api_and_its_rights(chart, api):
     objects = render(chart, {"reports": {"api": api}})
     a = args(one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0])
     assert a["--report-api"] == [api]
-    groups = {r[1] for r in operator_rules(objects)}
-    assert ("wgpolicyk8s.io" in groups) == (api in ("wgpolicyk8s", "both"))
-    assert ("openreports.io" in groups) == (api in ("openreports", "both"))
+    rules = operator_rules(objects)
+    # Writes only to the chosen API; list and delete in both, so that the operator deletes
+    # the reports an earlier reports.api left in the other one.
+    writes = {g for (_, g, _, v) in rules if v in ("create", "patch")}
+    assert ("wgpolicyk8s.io" in writes) == (api in ("wgpolicyk8s", "both"))
+    assert ("openreports.io" in writes) == (api in ("openreports", "both"))
+    for group, resource in [("wgpolicyk8s.io", "policyreports"), ("wgpolicyk8s.io", "clusterpolicyreports"),
+                            ("openreports.io", "reports"), ("openreports.io", "clusterreports")]:
+        for verb in ("list", "delete"):
+            assert ("Cluster", group, resource, verb) in rules, (group, resource, verb)
 
 
 @pytest.mark.parametrize(

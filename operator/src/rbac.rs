@@ -172,12 +172,54 @@ pub const OPERATOR: &[Permission] = &[
             "report::kube installs the report CRDs when absent (never updates one)",
         )
     },
+    // Reports: each API's own rows write it; the `reports` rows list and delete in both,
+    // so that the reports an earlier --report-api left in the other API are deleted.
+    Permission {
+        feature: Some("reports"),
+        ..row(
+            "wgpolicyk8s.io",
+            "policyreports",
+            &["list", "delete"],
+            Scope::Cluster,
+            "report::kube finds and deletes Palisade's stale PolicyReports (any --report-api)",
+        )
+    },
+    Permission {
+        feature: Some("reports"),
+        ..row(
+            "wgpolicyk8s.io",
+            "clusterpolicyreports",
+            &["list", "delete"],
+            Scope::Cluster,
+            "report::kube finds and deletes Palisade's stale ClusterPolicyReport (any --report-api)",
+        )
+    },
+    Permission {
+        feature: Some("reports"),
+        ..row(
+            "openreports.io",
+            "reports",
+            &["list", "delete"],
+            Scope::Cluster,
+            "report::kube finds and deletes Palisade's stale Reports (any --report-api)",
+        )
+    },
+    Permission {
+        feature: Some("reports"),
+        ..row(
+            "openreports.io",
+            "clusterreports",
+            &["list", "delete"],
+            Scope::Cluster,
+            "report::kube finds and deletes Palisade's stale ClusterReport (any --report-api)",
+        )
+    },
     Permission {
         feature: Some("wgpolicyk8s"),
         ..row(
             "wgpolicyk8s.io",
             "policyreports",
-            &["list", "create", "patch", "delete"],
+            &["create", "patch"],
             Scope::Cluster,
             "report::kube writes one PolicyReport per namespace (server-side apply)",
         )
@@ -187,7 +229,7 @@ pub const OPERATOR: &[Permission] = &[
         ..row(
             "wgpolicyk8s.io",
             "clusterpolicyreports",
-            &["list", "create", "patch", "delete"],
+            &["create", "patch"],
             Scope::Cluster,
             "report::kube writes the ClusterPolicyReport (server-side apply)",
         )
@@ -197,7 +239,7 @@ pub const OPERATOR: &[Permission] = &[
         ..row(
             "openreports.io",
             "reports",
-            &["list", "create", "patch", "delete"],
+            &["create", "patch"],
             Scope::Cluster,
             "report::kube writes one Report per namespace (--report-api openreports|both)",
         )
@@ -207,7 +249,7 @@ pub const OPERATOR: &[Permission] = &[
         ..row(
             "openreports.io",
             "clusterreports",
-            &["list", "create", "patch", "delete"],
+            &["create", "patch"],
             Scope::Cluster,
             "report::kube writes the ClusterReport (--report-api openreports|both)",
         )
@@ -471,7 +513,12 @@ mod tests {
             let mut seen = std::collections::BTreeSet::new();
             for p in table {
                 assert!(
-                    seen.insert((p.api_group, p.resource, p.scope == Scope::Cluster)),
+                    seen.insert((
+                        p.api_group,
+                        p.resource,
+                        p.scope == Scope::Cluster,
+                        p.feature
+                    )),
                     "{} listed twice",
                     p.resource
                 );

@@ -13,7 +13,7 @@ use kube::Resource;
 use palisade_crds::reports::{
     self, ClusterPolicyReport, ClusterReport, PolicyReport, Report, ReportResult,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::model::{content, results, ReportSet, Scope};
 use super::objects::{ReportObject, MANAGED_BY, REPORT_NAME};
@@ -107,6 +107,21 @@ impl KubeWriter {
             self.sync_kinds::<Report, ClusterReport>(set, now, &mut out, &mut first_error)
                 .await;
         }
+        // Reports of the API not written (an earlier `--report-api`) would stay frozen
+        // while looking current: none of them is wanted.
+        let none = BTreeSet::new();
+        if !self.api.wgpolicyk8s() {
+            self.delete_stale::<PolicyReport, ClusterPolicyReport>(
+                &none,
+                &mut out,
+                &mut first_error,
+            )
+            .await;
+        }
+        if !self.api.openreports() {
+            self.delete_stale::<Report, ClusterReport>(&none, &mut out, &mut first_error)
+                .await;
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(out),
@@ -114,30 +129,49 @@ impl KubeWriter {
     }
 
     /// Lists Palisade's existing reports (by label), so a restarted leader neither rewrites
-    /// unchanged reports nor forgets stale ones.
+    /// unchanged reports nor forgets stale ones; the API not written is listed too, so that
+    /// the reports an earlier `--report-api` left there are deleted.
     async fn load(&self) -> Result<BTreeMap<Key, Vec<ReportResult>>, ReportError> {
         let mut written = BTreeMap::new();
-        if self.api.wgpolicyk8s() {
-            self.load_kind::<PolicyReport>(&mut written).await?;
-            self.load_kind::<ClusterPolicyReport>(&mut written).await?;
-        }
-        if self.api.openreports() {
-            self.load_kind::<Report>(&mut written).await?;
-            self.load_kind::<ClusterReport>(&mut written).await?;
-        }
+        let (wg, or) = (self.api.wgpolicyk8s(), self.api.openreports());
+        self.load_kind::<PolicyReport>(&mut written, wg).await?;
+        self.load_kind::<ClusterPolicyReport>(&mut written, wg)
+            .await?;
+        self.load_kind::<Report>(&mut written, or).await?;
+        self.load_kind::<ClusterReport>(&mut written, or).await?;
         Ok(written)
     }
 
+    /// Lists `K`'s reports of Palisade's. For an API not written (`written_api` false), an
+    /// API server that does not serve it (404: its CRD is absent, so there is nothing to
+    /// delete) or does not let us list it (403: an RBAC without that API) is not an error.
     async fn load_kind<K: ReportObject>(
         &self,
         written: &mut BTreeMap<Key, Vec<ReportResult>>,
+        written_api: bool,
     ) -> Result<(), ReportError> {
         let api: Api<K> = Api::all(self.client.clone());
         let params = ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-        let list = api
-            .list(&params)
-            .await
-            .map_err(ReportError::kube(&K::plural(&())))?;
+        let list = match api.list(&params).await {
+            Ok(list) => list,
+            Err(kube::Error::Api(s)) if !written_api && s.is_not_found() => {
+                debug!(
+                    kind = K::KIND,
+                    "report API not served: no old report to delete"
+                );
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if !written_api && s.is_forbidden() => {
+                warn!(
+                    kind = K::KIND,
+                    "may not list the {} of the report API not written (--report-api): \
+                     reports an earlier setting left there stay until deleted by hand",
+                    K::plural(&())
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(ReportError::kube(&K::plural(&()))(e)),
+        };
         for item in list.items {
             if item.meta().name.as_deref() != Some(REPORT_NAME) {
                 continue;
@@ -200,6 +234,20 @@ impl KubeWriter {
                 }
             }
         }
+        self.delete_stale::<N, C>(&wanted, out, first_error).await;
+    }
+
+    /// Deletes the reports of kinds `N` and `C` that were written (or found) and are not
+    /// `wanted`.
+    async fn delete_stale<N, C>(
+        &mut self,
+        wanted: &BTreeSet<Key>,
+        out: &mut Written,
+        first_error: &mut Option<ReportError>,
+    ) where
+        N: ReportObject + Resource<Scope = NamespaceResourceScope>,
+        C: ReportObject,
+    {
         let stale: Vec<Key> = self
             .written
             .iter()

@@ -151,8 +151,12 @@ fn empty_list(kind: &str) -> Value {
     json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": format!("{kind}List"), "metadata": {}, "items": []})
 }
 
-/// Answers the two LISTs of a writer's first sync with `existing` (PolicyReports) and no
-/// ClusterPolicyReport.
+fn openreports_list(plural: &str) -> String {
+    format!("/apis/openreports.io/v1alpha1/{plural}?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dpalisade")
+}
+
+/// Answers the LISTs of a wgpolicyk8s writer's first sync: `existing` PolicyReports, no
+/// ClusterPolicyReport, and an API server without the OpenReports CRDs.
 async fn answer_lists(v: &mut ApiServerVerifier, existing: Vec<Value>) {
     let (_, send) = v.expect("GET", LIST_POLR).await;
     let mut list = empty_list("PolicyReport");
@@ -160,6 +164,10 @@ async fn answer_lists(v: &mut ApiServerVerifier, existing: Vec<Value>) {
     send.ok(&list);
     let (_, send) = v.expect("GET", LIST_CPOLR).await;
     send.ok(&empty_list("ClusterPolicyReport"));
+    for plural in ["reports", "clusterreports"] {
+        let (_, send) = v.expect("GET", &openreports_list(plural)).await;
+        send.status(404, "NotFound");
+    }
 }
 
 /// Runs a first sync of `set` and returns the bodies of the applies, by path.
@@ -596,6 +604,74 @@ async fn unchanged_content_is_not_written_again_and_stale_reports_are_deleted() 
     assert_eq!(again, Default::default());
 }
 
+/// Switched from `both` to `wgpolicyk8s`: the OpenReports objects Palisade wrote are no
+/// longer kept up to date, so the first sync deletes them (and only Palisade's: the list is
+/// by label).
+#[tokio::test]
+async fn reports_of_the_api_no_longer_written_are_deleted() {
+    let (client, mut v) = verifier::client();
+    let set = Case::new(WEB_ALLOW).set();
+    let scopes = set.reports.len();
+    let server = tokio::spawn(async move {
+        let (_, send) = v.expect("GET", LIST_POLR).await;
+        send.ok(&empty_list("PolicyReport"));
+        let (_, send) = v.expect("GET", LIST_CPOLR).await;
+        send.ok(&empty_list("ClusterPolicyReport"));
+        let ours = |kind: &str, ns: Option<&str>| {
+            let mut meta =
+                json!({"name": "palisade", "labels": {"app.kubernetes.io/managed-by": "palisade"}});
+            if let Some(ns) = ns {
+                meta["namespace"] = json!(ns);
+            }
+            json!({"apiVersion": "openreports.io/v1alpha1", "kind": kind, "metadata": meta, "results": []})
+        };
+        let (_, send) = v.expect("GET", &openreports_list("reports")).await;
+        send.ok(
+            &json!({"apiVersion": "openreports.io/v1alpha1", "kind": "ReportList", "metadata": {},
+            "items": [ours("Report", Some("prod")), ours("Report", Some("db"))]}),
+        );
+        let (_, send) = v.expect("GET", &openreports_list("clusterreports")).await;
+        send.ok(&json!({"apiVersion": "openreports.io/v1alpha1", "kind": "ClusterReportList", "metadata": {},
+            "items": [ours("ClusterReport", None)]}));
+        for _ in 0..scopes {
+            let (request, send) = v.next().await;
+            let uri = request.uri().to_string();
+            assert_eq!(request.method().as_str(), "PATCH", "{uri}");
+            assert!(uri.starts_with("/apis/wgpolicyk8s.io/"), "{uri}");
+            let bytes = request.into_body().collect_bytes().await.expect("body");
+            send.ok(&serde_json::from_slice::<Value>(&bytes).expect("json body"));
+        }
+        let gone =
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"});
+        for path in [
+            "/apis/openreports.io/v1alpha1/clusterreports/palisade?",
+            "/apis/openreports.io/v1alpha1/namespaces/db/reports/palisade?",
+            "/apis/openreports.io/v1alpha1/namespaces/prod/reports/palisade?",
+        ] {
+            let (_, send) = v.expect("DELETE", path).await;
+            send.ok(&gone);
+        }
+    });
+    let mut writer = KubeWriter::new(client, ReportApi::Wgpolicyk8s, 1000);
+    let written = writer.sync(&set, now()).await.expect("sync");
+    assert_eq!(written.applied.len(), scopes);
+    assert_eq!(
+        written.deleted,
+        [
+            "ClusterReport palisade",
+            "Report db/palisade",
+            "Report prod/palisade"
+        ]
+    );
+    server.await.expect("verifier");
+    // Deleted once: the next sync (same content) sends nothing.
+    let again = tokio::time::timeout(Duration::from_secs(2), writer.sync(&set, now()))
+        .await
+        .expect("no request made")
+        .expect("sync");
+    assert_eq!(again, Default::default());
+}
+
 #[tokio::test]
 async fn size_cap_replaces_the_rest_with_one_result() {
     let policies: Vec<String> = (0..6)
@@ -766,14 +842,13 @@ async fn openreports_get_the_same_results_with_source_and_limits() {
     let (wanted, _) = model::results(&set.reports[&model::Scope::Namespace("prod".into())], now());
     let wanted = serde_json::to_value(wanted).expect("json");
     let server = tokio::spawn(async move {
-        let selector = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dpalisade";
+        // The wgpolicyk8s CRDs are installed; the RBAC does not allow listing them.
+        for path in [LIST_POLR, LIST_CPOLR] {
+            let (_, send) = v.expect("GET", path).await;
+            send.status(403, "Forbidden");
+        }
         for plural in ["reports", "clusterreports"] {
-            let (_, send) = v
-                .expect(
-                    "GET",
-                    &format!("/apis/openreports.io/v1alpha1/{plural}?&{selector}"),
-                )
-                .await;
+            let (_, send) = v.expect("GET", &openreports_list(plural)).await;
             send.ok(&json!({"apiVersion": "openreports.io/v1alpha1", "kind": "List", "metadata": {}, "items": []}));
         }
         let (body, send) = v
