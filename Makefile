@@ -37,6 +37,7 @@ test: export CARGO_INCREMENTAL = 0
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -q --workspace --no-deps
 	$(CARGO) build --workspace --bins
 	# after the build: the chart's test runs the binaries' argument parsers on what it renders
 	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider charts/tests

@@ -1,7 +1,7 @@
 //! Eval: decides a new connection against a [`NodeRuleSet`] exactly as the rendered
 //! rules make the kernel decide it.
 //!
-//! It mirrors the chain layout of [`crate::render`] step for step (node addresses
+//! It mirrors the chain layout of [`mod@crate::render`] step for step (node addresses
 //! never reach FORWARD; a pod's traffic to itself is accepted first; egress of
 //! every local pod that has the source address, then ingress of every local pod
 //! that has the destination address; tiers, policies and rules in order; sets and

@@ -153,7 +153,7 @@ pub fn rule_id(id: &PolicyId, rule_index: usize, direction: Direction) -> String
 }
 
 /// `PALISADE-L-<hash of the id>`: logs decision `id` (NFLOG), then does what the
-/// rule does (see [`crate::render`]).
+/// rule does (see [`mod@crate::render`]).
 pub fn log_chain(id: &str) -> String {
     format!("PALISADE-L-{:016x}", fnv64(id))
 }

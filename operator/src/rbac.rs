@@ -3,7 +3,7 @@
 //!
 //! The table is kept honest from both sides:
 //! - the code side: every request a mocked-API test sends through
-//!   [`crate::verifier`] must be granted by a row ([`granted`], called by the verifier for
+//!   `crate::verifier` (test-only) must be granted by a row ([`granted`], called by the verifier for
 //!   each request; an `OwnNamespace` row only in the release namespace, where the chart's
 //!   Role is: [`release_namespace`]), and a scan of `operator/src/**/*.rs` checks that every resource type
 //!   the code builds an `Api` for has a row;

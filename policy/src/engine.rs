@@ -2,7 +2,7 @@
 //!
 //! [`Engine::new`] indexes a [`Cluster`] once: every policy's subject is resolved to
 //! the pods it selects (so each pod knows, per direction, its policies in evaluation
-//! order), and every pod peer to a [`PodSet`]. A verdict is then a walk over the few
+//! order), and every pod peer to a [`PodSet`](crate::podset::PodSet). A verdict is then a walk over the few
 //! policies of two pods, with set lookups for peers: no label matching per query.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-/// The files written by [`write`].
+/// The files written by [`write()`].
 #[derive(Clone, Debug)]
 pub struct Pki {
     pub ca: PathBuf,

@@ -7,7 +7,7 @@
 //!                               stream ◄── spool (bounded files) ◄── aggregate (window)
 //! ```
 //!
-//! The rules ([`crate::render`]) log before they decide: an allowing rule logs each
+//! The rules ([`crate::render()`]) log before they decide: an allowing rule logs each
 //! new connection (the pod chains only see conntrack NEW packets), a denying rule
 //! and a tier's default denial log rate-limited per source address. One reader
 //! thread ([`Capture`]) owns the socket: it decodes what the kernel sends, maps
