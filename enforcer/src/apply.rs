@@ -194,7 +194,12 @@ impl Enforcer {
             attribution
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .update(Arc::clone(ids), pods, Instant::now());
+                .update(
+                    Arc::clone(ids),
+                    pods,
+                    Instant::now(),
+                    crate::audit::now_ms(),
+                );
         })
     }
 

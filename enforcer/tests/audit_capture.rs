@@ -771,11 +771,12 @@ fn new_rule_ids_are_published_before_the_kernel_changes() {
                 rules.contains(&id2),
                 pods.len(),
             ));
-            capture
-                .attribution
-                .lock()
-                .expect("lock")
-                .update(Arc::clone(ids), pods, Instant::now());
+            capture.attribution.lock().expect("lock").update(
+                Arc::clone(ids),
+                pods,
+                Instant::now(),
+                wall_ms(),
+            );
         };
         enforcer
             .apply_observed(&rs2, &mut observe)
@@ -832,4 +833,11 @@ fn new_rule_ids_are_published_before_the_kernel_changes() {
         Some("NetworkPolicy ns/b-from-a-v2")
     );
     assert_eq!(counters.unattributed, 0, "{counters:?}");
+}
+
+/// Milliseconds since the epoch, the clock of the packets' timestamps.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

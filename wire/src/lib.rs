@@ -46,6 +46,7 @@
 
 pub mod audit;
 pub mod codec;
+pub mod owners;
 #[cfg(feature = "pki")]
 pub mod pki;
 

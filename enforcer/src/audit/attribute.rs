@@ -1,5 +1,7 @@
 //! Attribution: an NFLOG prefix back to the rule it names ([`RuleRef`], from
-//! [`crate::Rendered::ids`]), local pod addresses to their pods.
+//! [`crate::Rendered::ids`]), local pod addresses to the pods that had them when the
+//! packet was seen ([`AddressBook`]: a lagging log of a pod just deleted, whose
+//! address a new pod may have already, still names the deleted pod).
 //!
 //! Logs lag rule updates (the kernel queues messages, the reader batches them), so
 //! the ids of a replaced rule set stay known for the keep time given to
@@ -10,13 +12,13 @@
 //! their first packet.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade_policy::compiled::LocalPod;
 use palisade_policy::model::{Action, Direction};
 use palisade_wire::audit::{AuditDirection, Decision, Endpoint, Verdict};
+use palisade_wire::owners::AddressBook;
 
 use super::nflog::LogRecord;
 use crate::render::RuleRef;
@@ -28,6 +30,9 @@ pub type Ids = Arc<BTreeMap<String, RuleRef>>;
 /// thousands of ids; under churn faster than the keep time, the oldest go first).
 const MAX_RETIRED: usize = 8;
 
+/// At most this many replaced address owners stay known.
+const MAX_PAST_OWNERS: usize = 65_536;
+
 /// Maps log records to decisions.
 #[derive(Debug)]
 pub struct Attribution {
@@ -35,7 +40,7 @@ pub struct Attribution {
     current: Ids,
     /// Replaced rule sets, oldest first, each with the instant it stops being known.
     retired: VecDeque<(Ids, Instant)>,
-    pods: HashMap<IpAddr, Endpoint>,
+    pods: AddressBook,
     keep: Duration,
 }
 
@@ -55,16 +60,19 @@ impl Attribution {
             node: node.to_string(),
             current: Ids::default(),
             retired: VecDeque::new(),
-            pods: HashMap::new(),
+            pods: AddressBook::new(
+                i64::try_from(keep.as_millis()).unwrap_or(i64::MAX),
+                MAX_PAST_OWNERS,
+            ),
             keep,
         }
     }
 
-    /// `ids` (and `pods`) are in force from `now`. The same map again (the same
-    /// `Arc`: an apply that changed no rule) changes nothing; a new one retires the
-    /// current one for the keep time. A map that comes back (a failed apply undone)
-    /// leaves the retired list.
-    pub fn update(&mut self, ids: Ids, pods: &[LocalPod], now: Instant) {
+    /// `ids` (and `pods`) are in force from `now` (`now_ms` on the clock of the
+    /// packets' timestamps). The same map again (the same `Arc`: an apply that changed
+    /// no rule) changes nothing; a new one retires the current one for the keep time.
+    /// A map that comes back (a failed apply undone) leaves the retired list.
+    pub fn update(&mut self, ids: Ids, pods: &[LocalPod], now: Instant, now_ms: i64) {
         self.retired.retain(|(_, until)| now < *until);
         if !Arc::ptr_eq(&ids, &self.current) {
             self.retired.retain(|(old, _)| !Arc::ptr_eq(old, &ids));
@@ -76,10 +84,10 @@ impl Attribution {
                 self.retired.pop_front();
             }
         }
-        self.pods.clear();
+        let mut owners = HashMap::new();
         for pod in pods {
             for ip in &pod.ips {
-                self.pods.insert(
+                owners.insert(
                     *ip,
                     Endpoint {
                         namespace: pod.namespace.clone(),
@@ -88,6 +96,7 @@ impl Attribution {
                 );
             }
         }
+        self.pods.replace(owners, now_ms);
     }
 
     /// The rule `id` names and its verdict: in the set in force, else in the newest
@@ -139,8 +148,8 @@ impl Attribution {
             src_port,
             dst_ip: p.dst,
             dst_port: p.dst_port,
-            src: self.pods.get(&p.src).cloned(),
-            dst: self.pods.get(&p.dst).cloned(),
+            src: self.pods.owner(&p.src, at_ms).cloned(),
+            dst: self.pods.owner(&p.dst, at_ms).cloned(),
             rule_id: r.id.clone(),
             tier: r.tier.clone(),
             policy: r.policy.as_ref().map(|p| p.to_string()),
@@ -200,7 +209,7 @@ mod tests {
             ingress: vec![],
             egress: vec![],
         }];
-        a.update(ids("PaR0I", Action::Accept), &pods, t0);
+        a.update(ids("PaR0I", Action::Accept), &pods, t0, 0);
         let d = a.decision(&record("PaR0I"), 5, t0).expect("attributed");
         assert_eq!(d.verdict, Verdict::Allow);
         assert_eq!(d.direction, AuditDirection::Ingress);
@@ -210,7 +219,7 @@ mod tests {
         assert_eq!(d.dst.as_ref().map(|e| e.pod.as_str()), Some("web"));
         assert_eq!((d.src_port, d.dst_port), (None, Some(80)));
         // A new rule set: the old id is still known for a while, then not.
-        a.update(ids("PbR0I", Action::Deny), &pods, t0);
+        a.update(ids("PbR0I", Action::Deny), &pods, t0, 0);
         assert!(a.decision(&record("PaR0I"), 5, t0).is_ok());
         assert_eq!(
             a.decision(&record("PaR0I"), 5, t0 + Duration::from_secs(31)),
@@ -224,14 +233,40 @@ mod tests {
         );
     }
 
+    /// A pod deleted and its address given to another: a log of the old pod read
+    /// after the update still names the old pod (by the packet's time).
+    #[test]
+    fn a_lagging_log_names_the_pod_that_had_the_address_then() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new("n1", Duration::from_secs(30));
+        let pod = |ns: &str, name: &str| LocalPod {
+            namespace: ns.into(),
+            name: name.into(),
+            ips: vec!["10.0.0.2".parse().expect("ip")],
+            ingress: vec![],
+            egress: vec![],
+        };
+        let rules = ids("PaR0I", Action::Accept);
+        a.update(Arc::clone(&rules), &[pod("a", "old")], t0, 1_000);
+        a.update(Arc::clone(&rules), &[pod("b", "new")], t0, 2_000);
+        let dst = |at_ms| {
+            a.decision(&record("PaR0I"), at_ms, t0)
+                .expect("attributed")
+                .dst
+                .map(|e| format!("{}/{}", e.namespace, e.pod))
+        };
+        assert_eq!(dst(1_500).as_deref(), Some("a/old"));
+        assert_eq!(dst(2_000).as_deref(), Some("b/new"));
+    }
+
     #[test]
     fn every_set_replaced_within_the_keep_time_stays_known() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut a = Attribution::new("n1", s(30));
-        a.update(ids("PaR0I", Action::Accept), &[], t0);
-        a.update(ids("PbR0I", Action::Accept), &[], t0 + s(1));
-        a.update(ids("PcR0I", Action::Accept), &[], t0 + s(2));
+        a.update(ids("PaR0I", Action::Accept), &[], t0, 0);
+        a.update(ids("PbR0I", Action::Accept), &[], t0 + s(1), 0);
+        a.update(ids("PcR0I", Action::Accept), &[], t0 + s(2), 0);
         // A lagging log of the set before the last (retired at t0 + 1 s).
         assert!(a.decision(&record("PaR0I"), 5, t0 + s(2)).is_ok());
         assert!(a.decision(&record("PbR0I"), 5, t0 + s(2)).is_ok());
@@ -251,12 +286,12 @@ mod tests {
         let mut a = Attribution::new("n1", Duration::from_secs(30));
         let first = ids("PaR0I", Action::Accept);
         let second = ids("PbR0I", Action::Deny);
-        a.update(Arc::clone(&first), &[], t0);
-        a.update(Arc::clone(&second), &[], t0);
-        a.update(Arc::clone(&second), &[], t0);
+        a.update(Arc::clone(&first), &[], t0, 0);
+        a.update(Arc::clone(&second), &[], t0, 0);
+        a.update(Arc::clone(&second), &[], t0, 0);
         assert_eq!(a.retired.len(), 1, "an unchanged map is not retired");
         // A failed apply undone: the first map is current again, not also retired.
-        a.update(Arc::clone(&first), &[], t0);
+        a.update(Arc::clone(&first), &[], t0, 0);
         assert_eq!(a.retired.len(), 1);
         assert!(Arc::ptr_eq(&a.retired[0].0, &second));
         assert!(a
@@ -269,7 +304,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Attribution::new("n1", Duration::from_secs(30));
         for i in 0..=MAX_RETIRED + 2 {
-            a.update(ids(&format!("P{i}R0I"), Action::Accept), &[], t0);
+            a.update(ids(&format!("P{i}R0I"), Action::Accept), &[], t0, 0);
         }
         assert_eq!(a.retired.len(), MAX_RETIRED);
         // The oldest went first.
@@ -282,7 +317,7 @@ mod tests {
     fn a_pass_rule_id_is_no_decision() {
         let t0 = Instant::now();
         let mut a = Attribution::new("n1", Duration::from_secs(30));
-        a.update(ids("PaR0I", Action::Pass), &[], t0);
+        a.update(ids("PaR0I", Action::Pass), &[], t0, 0);
         assert_eq!(
             a.decision(&record("PaR0I"), 5, t0),
             Err(Unattributed::UnknownId("PaR0I".into()))

@@ -390,7 +390,7 @@ mod tests {
             },
         );
         let mut attribution = Attribution::new("n1", Duration::from_secs(30));
-        attribution.update(Arc::new(ids), &[], Instant::now());
+        attribution.update(Arc::new(ids), &[], Instant::now(), now_ms());
         let counters = Counters::default();
         let mut agg = Aggregator::default();
         let mut losses = WindowLosses::default();

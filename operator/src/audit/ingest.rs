@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::AuditMetrics;
-use super::pod_ips::{attribute, PodIps};
+use super::pod_ips::PodIps;
 use crate::hub::Hub;
 
 /// Batches the queue holds before streams are asked to back off.
@@ -230,11 +230,10 @@ impl IngestTask {
     /// Writes batches in one transaction; answers each stream once committed. When one
     /// batch cannot be stored at all, each is written alone, so only that one becomes a gap.
     async fn handle_group(&self, store: &dyn AuditStore, group: Vec<Job>) {
-        let ips = self.pod_ips.snapshot();
         let (mut batches, dones): (Vec<DecisionBatch>, Vec<oneshot::Sender<u64>>) =
             group.into_iter().map(|j| (j.batch, j.done)).unzip();
         for batch in &mut batches {
-            attribute(batch, &ips);
+            self.pod_ips.attribute(batch);
         }
         if batches.len() > 1 {
             match self.write(store, &batches).await {

@@ -326,7 +326,7 @@ fn an_address_claimed_twice_is_published_for_its_owner_only() {
         .map(|p| format!("{}/{}", p.namespace, p.name))
         .collect();
     assert_eq!(local, vec!["y/new"]);
-    let owner = ips.snapshot().get(&shared).cloned().expect("attributed");
+    let owner = ips.owner_now(&shared).expect("attributed");
     assert_eq!((owner.namespace.as_str(), owner.pod.as_str()), ("y", "new"));
     assert_eq!(r.conflicts.len(), 1);
     assert_eq!(r.conflicts[0].owner, "y/new");
