@@ -226,7 +226,7 @@ async fn main() {
         .await
         .expect("analyze");
     println!(
-        "sqlite bulk load of {rows} rows: {:.1} s, then indexes and views (migrations 2 and 3): {:.1} s",
+        "sqlite bulk load of {rows} rows: {:.1} s, then indexes and views (migrations 2 to 4): {:.1} s",
         loaded.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
@@ -284,7 +284,7 @@ async fn main() {
         .await
         .expect("analyze");
     println!(
-        "postgres bulk load of {rows} rows: {:.1} s, then indexes and views (migrations 2 and 3): {:.1} s",
+        "postgres bulk load of {rows} rows: {:.1} s, then indexes and views (migrations 2 to 4): {:.1} s",
         loaded.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
