@@ -244,16 +244,17 @@ impl Reconciler {
                 self.metrics.commit(took, n);
                 self.status.record_commit(took, n);
                 self.log_address_conflicts();
+                if n > 0 {
+                    debug!(nodes = n, took_ms = took.as_secs_f64() * 1e3, "published");
+                    self.hub.publish(changed);
+                }
+                // After the nodes' update (O(pods): it must not delay enforcement).
                 if let (Some(ips), true) = (&self.pod_ips, self.pods_changed) {
                     if let Some(engine) = self.index.engine() {
                         // Owners only: a loser's traffic is not its own (see log_address_conflicts).
                         ips.publish_addresses(engine.owned_addresses());
                         self.pods_changed = false;
                     }
-                }
-                if n > 0 {
-                    debug!(nodes = n, took_ms = took.as_secs_f64() * 1e3, "published");
-                    self.hub.publish(changed);
                 }
                 self.hub.retain_nodes(&self.index.node_names());
                 if !self.status.is_synced() {

@@ -7,17 +7,27 @@
 //! [`AddressBook`] keeps the owners in force and, per address, the owners it had before,
 //! each with the instant it stopped having it; [`AddressBook::owner`] answers for the
 //! instant the packet was seen. The past is kept for a fixed time and up to a number of
-//! entries; a decision older than that is named by the owners in force.
+//! entries. Before what the book remembers (a decision older than the keep time, or older
+//! than the book itself), an address is named by the earliest owner the book still knows
+//! for it: the guess closest in time.
+//!
+//! Building the new owners and comparing them with the old ones is the caller's work,
+//! outside any lock ([`changes`]); [`AddressBook::commit`] only records the changes and
+//! swaps the map, so readers wait for O(changes), not O(addresses).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::audit::Endpoint;
+
+/// Address → pod.
+pub type Owners = HashMap<IpAddr, Endpoint>;
 
 /// Address → pod, now and recently.
 #[derive(Clone, Debug)]
 pub struct AddressBook {
-    current: HashMap<IpAddr, Endpoint>,
+    current: Arc<Owners>,
     /// Per address, the owners it had before (`None`: no pod), oldest first, each with
     /// the instant (ms since the epoch) from which it no longer had it.
     past: HashMap<IpAddr, VecDeque<(Option<Endpoint>, i64)>>,
@@ -25,9 +35,28 @@ pub struct AddressBook {
     ended: VecDeque<(i64, IpAddr)>,
     keep_ms: i64,
     max_past: usize,
-    /// False until the first [`AddressBook::replace`]: the addresses it brings had no
-    /// known owner before, and that is not a change worth remembering.
+    /// False until the first commit: the addresses it brings had no known owner before,
+    /// and that is not a change worth remembering.
     started: bool,
+    /// The latest commit's instant: a clock stepping back never puts a history out of
+    /// order.
+    last_ms: i64,
+}
+
+/// What `old` → `new` changes: each address whose owner differs (gained, lost or
+/// another pod), with the owner it had in `old` (`None`: none).
+pub fn changes(old: &Owners, new: &Owners) -> Vec<(IpAddr, Option<Endpoint>)> {
+    let mut out: Vec<(IpAddr, Option<Endpoint>)> = old
+        .iter()
+        .filter(|(ip, before)| new.get(ip) != Some(before))
+        .map(|(ip, before)| (*ip, Some(before.clone())))
+        .collect();
+    out.extend(
+        new.keys()
+            .filter(|ip| !old.contains_key(ip))
+            .map(|ip| (*ip, None)),
+    );
+    out
 }
 
 impl AddressBook {
@@ -35,61 +64,60 @@ impl AddressBook {
     /// replaced owners in all (the oldest go first).
     pub fn new(keep_ms: i64, max_past: usize) -> Self {
         AddressBook {
-            current: HashMap::new(),
+            current: Arc::default(),
             past: HashMap::new(),
             ended: VecDeque::new(),
             keep_ms,
             max_past,
             started: false,
+            last_ms: i64::MIN,
         }
     }
 
-    /// The owners in force from `now_ms` on. Each address whose owner changes (or that
-    /// gains or loses one) remembers the owner it had until `now_ms`.
-    pub fn replace(&mut self, owners: HashMap<IpAddr, Endpoint>, now_ms: i64) {
-        let old = std::mem::replace(&mut self.current, owners);
+    /// The owners in force.
+    pub fn current(&self) -> &Arc<Owners> {
+        &self.current
+    }
+
+    /// `owners` are in force from `now_ms` on; `changes` must be
+    /// [`changes`]`(self.current(), &owners)` (computed by the caller, outside its lock).
+    /// Returns the replaced map, for the caller to drop outside its lock.
+    pub fn commit(
+        &mut self,
+        owners: Arc<Owners>,
+        changes: Vec<(IpAddr, Option<Endpoint>)>,
+        now_ms: i64,
+    ) -> Arc<Owners> {
+        let now_ms = now_ms.max(self.last_ms);
+        self.last_ms = now_ms;
         if self.started {
-            for (ip, before) in &old {
-                if self.current.get(ip) != Some(before) {
-                    self.remember(*ip, Some(before.clone()), now_ms);
-                }
-            }
-            let gained: Vec<IpAddr> = self
-                .current
-                .keys()
-                .filter(|ip| !old.contains_key(ip))
-                .copied()
-                .collect();
-            for ip in gained {
-                self.remember(ip, None, now_ms);
+            for (ip, before) in changes {
+                self.past.entry(ip).or_default().push_back((before, now_ms));
+                self.ended.push_back((now_ms, ip));
             }
         }
         self.started = true;
         self.prune(now_ms);
+        std::mem::replace(&mut self.current, owners)
+    }
+
+    /// [`AddressBook::commit`] with the changes worked out here.
+    pub fn replace(&mut self, owners: Owners, now_ms: i64) {
+        let changes = changes(&self.current, &owners);
+        self.commit(Arc::new(owners), changes, now_ms);
     }
 
     /// Who had `ip` at `at_ms`: the first remembered owner that still had it then, else
     /// the owner in force.
     pub fn owner(&self, ip: &IpAddr, at_ms: i64) -> Option<&Endpoint> {
         if let Some(history) = self.past.get(ip) {
-            if let Some((owner, _)) = history.iter().find(|(_, until)| at_ms < *until) {
+            // Ends only grow along a history: the first one after `at_ms`.
+            let i = history.partition_point(|(_, until)| *until <= at_ms);
+            if let Some((owner, _)) = history.get(i) {
                 return owner.as_ref();
             }
         }
         self.current.get(ip)
-    }
-
-    /// The owners in force.
-    pub fn current(&self) -> &HashMap<IpAddr, Endpoint> {
-        &self.current
-    }
-
-    fn remember(&mut self, ip: IpAddr, owner: Option<Endpoint>, until_ms: i64) {
-        self.past
-            .entry(ip)
-            .or_default()
-            .push_back((owner, until_ms));
-        self.ended.push_back((until_ms, ip));
     }
 
     /// Forgets owners that ended more than `keep_ms` ago, and the oldest beyond
@@ -143,7 +171,7 @@ mod tests {
         assert_eq!(book.owner(&x, 2_500), None, "nobody's between the two");
         assert_eq!(book.owner(&x, 3_000), Some(&ep("b", "new")));
         assert_eq!(book.owner(&x, 9_000), Some(&ep("b", "new")));
-        // Before the first replace nothing was known: the first owners answer.
+        // Before the first replace nothing was known: the earliest known owner answers.
         assert_eq!(book.owner(&x, 0), Some(&ep("a", "old")));
         // An address never changed is the current owner's, whenever.
         book.replace(
@@ -171,7 +199,8 @@ mod tests {
         book.replace(owners(&[("10.0.0.7", ep("a", "3"))]), 2_000);
         assert_eq!(book.owner(&x, 500), Some(&ep("a", "1")));
         assert_eq!(book.owner(&x, 1_500), Some(&ep("a", "2")));
-        // Past the keep time: forgotten, the owner in force answers.
+        // Past the keep time a/1 is forgotten: before what the book remembers, the
+        // earliest owner it still knows answers (a/2, then the owner in force).
         book.replace(owners(&[("10.0.0.7", ep("a", "3"))]), 11_500);
         assert_eq!(book.owner(&x, 500), Some(&ep("a", "2")));
         book.replace(owners(&[("10.0.0.7", ep("a", "3"))]), 12_500);
@@ -182,7 +211,38 @@ mod tests {
             book.replace(owners(&[("10.0.0.7", ep("a", &i.to_string()))]), t);
         }
         assert_eq!(book.ended.len(), 3);
-        assert_eq!(book.owner(&x, 12_900), Some(&ep("a", "4")), "a/3 went");
+        assert_eq!(
+            book.owner(&x, 12_900),
+            Some(&ep("a", "4")),
+            "a/3 forgotten: the earliest known"
+        );
         assert_eq!(book.owner(&x, 13_250), Some(&ep("a", "6")));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_keeps_the_history_in_order() {
+        let mut book = AddressBook::new(60_000, 1000);
+        let x = ip("10.0.0.7");
+        book.replace(owners(&[("10.0.0.7", ep("a", "1"))]), 5_000);
+        book.replace(owners(&[("10.0.0.7", ep("a", "2"))]), 6_000);
+        // The clock stepped back 3 s: the change counts as at 6 s.
+        book.replace(owners(&[("10.0.0.7", ep("a", "3"))]), 3_000);
+        assert_eq!(book.owner(&x, 5_500), Some(&ep("a", "1")));
+        assert_eq!(book.owner(&x, 6_000), Some(&ep("a", "3")));
+    }
+
+    #[test]
+    fn commit_records_the_changes_given_and_returns_the_old_map() {
+        let mut book = AddressBook::new(60_000, 1000);
+        book.replace(owners(&[("10.0.0.7", ep("a", "1"))]), 1_000);
+        let new = Arc::new(owners(&[("10.0.0.8", ep("a", "1"))]));
+        let diff = changes(book.current(), &new);
+        assert_eq!(diff.len(), 2, "one address lost, one gained: {diff:?}");
+        let old = book.commit(Arc::clone(&new), diff, 2_000);
+        assert_eq!(old.get(&ip("10.0.0.7")), Some(&ep("a", "1")));
+        assert_eq!(book.owner(&ip("10.0.0.7"), 1_500), Some(&ep("a", "1")));
+        assert_eq!(book.owner(&ip("10.0.0.7"), 2_000), None);
+        assert_eq!(book.owner(&ip("10.0.0.8"), 1_500), None);
+        assert_eq!(book.owner(&ip("10.0.0.8"), 2_000), Some(&ep("a", "1")));
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! Identical means: same rule id (so same tier, policy, rule, verdict and
 //! direction), same protocol, addresses and destination port (ICMP: type and
-//! code). Windows are tumbling: the pipeline takes everything every window.
+//! code), and the same pods at the ends (an address given to a new pod inside a
+//! window starts a decision of its own). Windows are tumbling: the pipeline takes
+//! everything every window.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use palisade_wire::audit::{AuditDirection, Decision, Verdict};
+use palisade_wire::audit::{AuditDirection, Decision, Endpoint, Verdict};
 
 type Key = (
     AuditDirection,
@@ -19,6 +21,8 @@ type Key = (
     IpAddr,
     Option<u16>,
     String,
+    Option<Endpoint>,
+    Option<Endpoint>,
 );
 
 /// The decisions of the window in progress.
@@ -40,6 +44,8 @@ impl Aggregator {
             d.dst_ip,
             d.dst_port,
             d.rule_id.clone(),
+            d.src.clone(),
+            d.dst.clone(),
         );
         match self.open.get_mut(&key) {
             Some(a) => {
@@ -121,5 +127,29 @@ mod tests {
         // A new window starts empty.
         a.add(decision(80, "P1R0I", 60));
         assert_eq!(a.take()[0].count, 1);
+    }
+
+    /// The address of a deleted pod given to a new one inside a window: two
+    /// decisions, each under its own pod.
+    #[test]
+    fn another_pod_at_an_address_is_another_decision() {
+        let mut a = Aggregator::default();
+        let at = |pod: &str, t| {
+            let mut d = decision(80, "P1R0I", t);
+            d.dst = Some(Endpoint {
+                namespace: "ns".into(),
+                pod: pod.into(),
+            });
+            d
+        };
+        a.add(at("old", 10));
+        a.add(at("old", 20));
+        a.add(at("new", 30));
+        let out = a.take();
+        let pods: Vec<(&str, u64)> = out
+            .iter()
+            .map(|d| (d.dst.as_ref().map_or("", |e| e.pod.as_str()), d.count))
+            .collect();
+        assert_eq!(pods, [("old", 2), ("new", 1)]);
     }
 }

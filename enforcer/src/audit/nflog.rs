@@ -178,7 +178,8 @@ fn parse_packet(msg: &[u8]) -> Parsed {
             NFULA_TIMESTAMP if value.len() >= 16 => {
                 let sec = u64::from_be_bytes(value[0..8].try_into().unwrap_or_default());
                 let usec = u64::from_be_bytes(value[8..16].try_into().unwrap_or_default());
-                timestamp_ms = i64::try_from(sec.saturating_mul(1000) + usec / 1000).ok();
+                timestamp_ms =
+                    i64::try_from(sec.saturating_mul(1000).saturating_add(usec / 1000)).ok();
             }
             _ => {}
         }

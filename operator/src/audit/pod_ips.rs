@@ -6,14 +6,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use palisade_policy::model::Pod;
 use palisade_wire::audit::{DecisionBatch, Endpoint};
-use palisade_wire::owners::AddressBook;
+use palisade_wire::owners::{changes, AddressBook};
 
-/// How long a replaced owner stays known: batches later than this (an enforcer's spool
-/// after a longer outage) are named by the owners in force.
+/// How long a replaced owner stays known: decisions older than this (an enforcer's spool
+/// after a longer outage) are named by the earliest owner still known for the address.
 pub const KEEP_PAST_OWNERS_MS: i64 = 3_600_000;
 
 /// At most this many replaced owners stay known (a churn of 55 pods a second for the
@@ -72,13 +72,29 @@ impl PodIps {
                 },
             );
         }
-        self.write().replace(map, now_ms);
+        // The comparison with the old map, O(addresses), is done outside the lock; the
+        // ingest waits only for the changes to be recorded.
+        let old = Arc::clone(self.read().current());
+        let new = Arc::new(map);
+        let diff = changes(&old, &new);
+        let mut book = self.write();
+        if Arc::ptr_eq(book.current(), &old) {
+            book.commit(new, diff, now_ms);
+        } else {
+            // Another publish came in between (reconcile publishes from one task, so
+            // this does not happen; correct anyway).
+            let diff = changes(book.current(), &new);
+            book.commit(new, diff, now_ms);
+        }
+        drop(book);
+        // `old` is the last reference to the replaced map: freed here, unlocked.
+        drop(old);
     }
 
     /// Fills the ends the enforcer left empty: the pod that had the address when the
     /// decision was first seen; an address no pod had stays `None` ("external").
     pub fn attribute(&self, batch: &mut DecisionBatch) {
-        let book = self.book.read().unwrap_or_else(|e| e.into_inner());
+        let book = self.read();
         for d in &mut batch.decisions {
             if d.src.is_none() {
                 d.src = book.owner(&d.src_ip, d.first_seen_ms).cloned();
@@ -91,12 +107,15 @@ impl PodIps {
 
     /// The pod that has `ip` now.
     pub fn owner_now(&self, ip: &IpAddr) -> Option<Endpoint> {
-        let book = self.book.read().unwrap_or_else(|e| e.into_inner());
-        book.current().get(ip).cloned()
+        self.read().current().get(ip).cloned()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AddressBook> {
-        // A writer that panicked left a whole book behind.
+    // A holder that panicked left a whole book behind: the poison is ignored.
+    fn read(&self) -> RwLockReadGuard<'_, AddressBook> {
+        self.book.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, AddressBook> {
         self.book.write().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -109,18 +109,12 @@ impl KubeWriter {
         }
         // Reports of the API not written (an earlier `--report-api`) would stay frozen
         // while looking current: none of them is wanted.
-        let none = BTreeSet::new();
         if !self.api.wgpolicyk8s() {
-            self.delete_stale::<PolicyReport, ClusterPolicyReport>(
-                &none,
-                &mut out,
-                &mut first_error,
-            )
-            .await;
+            self.delete_foreign::<PolicyReport, ClusterPolicyReport>(&mut out)
+                .await;
         }
         if !self.api.openreports() {
-            self.delete_stale::<Report, ClusterReport>(&none, &mut out, &mut first_error)
-                .await;
+            self.delete_foreign::<Report, ClusterReport>(&mut out).await;
         }
         match first_error {
             Some(e) => Err(e),
@@ -142,9 +136,10 @@ impl KubeWriter {
         Ok(written)
     }
 
-    /// Lists `K`'s reports of Palisade's. For an API not written (`written_api` false), an
-    /// API server that does not serve it (404: its CRD is absent, so there is nothing to
-    /// delete) or does not let us list it (403: an RBAC without that API) is not an error.
+    /// Lists `K`'s reports of Palisade's. For an API not written (`written_api` false), no
+    /// failure is an error: an API server that does not serve it (404: its CRD is absent,
+    /// so there is nothing to delete) is normal, any other failure (403: an RBAC without
+    /// that API; that API's server down) is a warning.
     async fn load_kind<K: ReportObject>(
         &self,
         written: &mut BTreeMap<Key, Vec<ReportResult>>,
@@ -161,11 +156,15 @@ impl KubeWriter {
                 );
                 return Ok(());
             }
-            Err(kube::Error::Api(s)) if !written_api && s.is_forbidden() => {
+            // Forbidden, or that API's server failing: the reports of the API written
+            // must not wait for it.
+            Err(e) if !written_api => {
                 warn!(
                     kind = K::KIND,
-                    "may not list the {} of the report API not written (--report-api): \
-                     reports an earlier setting left there stay until deleted by hand",
+                    error = %e,
+                    "cannot list the {} of the report API not written (--report-api): \
+                     reports an earlier setting left there stay until the next time this \
+                     replica takes the lead, or until deleted by hand",
                     K::plural(&())
                 );
                 return Ok(());
@@ -235,6 +234,30 @@ impl KubeWriter {
             }
         }
         self.delete_stale::<N, C>(&wanted, out, first_error).await;
+    }
+
+    /// Deletes what an earlier `--report-api` left in an API not written (kinds `N` and
+    /// `C`). A failure is a warning, not the sync's error (the reports of the API written
+    /// must not wait for the other API), and those reports are tried again the next time
+    /// this replica takes the lead (they are listed again then).
+    async fn delete_foreign<N, C>(&mut self, out: &mut Written)
+    where
+        N: ReportObject + Resource<Scope = NamespaceResourceScope>,
+        C: ReportObject,
+    {
+        let mut error = None;
+        self.delete_stale::<N, C>(&BTreeSet::new(), out, &mut error)
+            .await;
+        if let Some(e) = error {
+            warn!(
+                error = %e,
+                "could not delete a report of the report API not written (--report-api): \
+                 tried again the next time this replica takes the lead"
+            );
+            if let Some(w) = self.written.as_mut() {
+                w.retain(|k, _| k.0 != kind_of::<N>() && k.0 != kind_of::<C>());
+            }
+        }
     }
 
     /// Deletes the reports of kinds `N` and `C` that were written (or found) and are not

@@ -649,7 +649,12 @@ async fn reports_of_the_api_no_longer_written_are_deleted() {
             "/apis/openreports.io/v1alpha1/namespaces/prod/reports/palisade?",
         ] {
             let (_, send) = v.expect("DELETE", path).await;
-            send.ok(&gone);
+            if path.contains("/db/") {
+                // A failure there is no failure of the sync.
+                send.status(500, "InternalError");
+            } else {
+                send.ok(&gone);
+            }
         }
     });
     let mut writer = KubeWriter::new(client, ReportApi::Wgpolicyk8s, 1000);
@@ -657,14 +662,11 @@ async fn reports_of_the_api_no_longer_written_are_deleted() {
     assert_eq!(written.applied.len(), scopes);
     assert_eq!(
         written.deleted,
-        [
-            "ClusterReport palisade",
-            "Report db/palisade",
-            "Report prod/palisade"
-        ]
+        ["ClusterReport palisade", "Report prod/palisade"]
     );
     server.await.expect("verifier");
-    // Deleted once: the next sync (same content) sends nothing.
+    // Deleted once (the failed one waits for the next lead): the next sync (same
+    // content) sends nothing.
     let again = tokio::time::timeout(Duration::from_secs(2), writer.sync(&set, now()))
         .await
         .expect("no request made")
@@ -842,11 +844,12 @@ async fn openreports_get_the_same_results_with_source_and_limits() {
     let (wanted, _) = model::results(&set.reports[&model::Scope::Namespace("prod".into())], now());
     let wanted = serde_json::to_value(wanted).expect("json");
     let server = tokio::spawn(async move {
-        // The wgpolicyk8s CRDs are installed; the RBAC does not allow listing them.
-        for path in [LIST_POLR, LIST_CPOLR] {
-            let (_, send) = v.expect("GET", path).await;
-            send.status(403, "Forbidden");
-        }
+        // The API not written fails: one list forbidden (an RBAC without it), one
+        // failing (its server down). Neither stops the reports of the API written.
+        let (_, send) = v.expect("GET", LIST_POLR).await;
+        send.status(403, "Forbidden");
+        let (_, send) = v.expect("GET", LIST_CPOLR).await;
+        send.status(503, "ServiceUnavailable");
         for plural in ["reports", "clusterreports"] {
             let (_, send) = v.expect("GET", &openreports_list(plural)).await;
             send.ok(&json!({"apiVersion": "openreports.io/v1alpha1", "kind": "List", "metadata": {}, "items": []}));
