@@ -5,8 +5,10 @@
 //! - the code side: every request a mocked-API test sends through
 //!   `crate::verifier` (test-only) must be granted by a row ([`granted`], called by the verifier for
 //!   each request; an `OwnNamespace` row only in the release namespace, where the chart's
-//!   Role is: [`release_namespace`]), and a scan of `operator/src/**/*.rs` checks that every resource type
-//!   the code builds an `Api` for has a row;
+//!   Role is: [`release_namespace`]; a test may name the chart features on, [`features`],
+//!   so that a row of another feature does not count), and a scan of
+//!   `operator/src/**/*.rs` checks that every resource type the code builds an `Api` for
+//!   has a row;
 //! - the chart side: `charts/palisade/files/operator-rbac.json` is this table as JSON
 //!   (a test here fails when it differs; `PALISADE_BLESS=1` rewrites it), the chart's
 //!   operator ClusterRole and Role are rendered from that file, and `charts/tests`
@@ -325,6 +327,16 @@ thread_local! {
     /// The namespace an `OwnNamespace` row is granted in on this thread.
     static RELEASE: std::cell::RefCell<String> =
         std::cell::RefCell::new(TEST_RELEASE_NAMESPACE.to_string());
+    /// The chart features on for this thread's requests (`None`: every row counts).
+    static FEATURES: std::cell::Cell<Option<&'static [&'static str]>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Makes [`granted`] grant only the rows without a feature or with one of `features`, on
+/// this thread: what the chart grants with those features on (e.g. a writer of one
+/// report API must not write the other).
+pub fn features(features: &'static [&'static str]) {
+    FEATURES.with(|f| f.set(Some(features)));
 }
 
 /// Makes [`granted`] check `table` on this thread (the mocked-API tests of another
@@ -426,8 +438,13 @@ pub fn granted(method: &str, path_and_query: &str) -> Result<(), String> {
     };
     let table = CHECKED.with(|c| c.get());
     let release = RELEASE.with(|r| r.borrow().clone());
+    let features = FEATURES.with(|f| f.get());
     let found = table.iter().any(|p| {
-        p.api_group == group
+        let on = match (p.feature, features) {
+            (Some(f), Some(on)) => on.contains(&f),
+            _ => true,
+        };
+        on && p.api_group == group
             && p.resource == resource
             && p.verbs.contains(&verb)
             && in_scope(p.scope, namespace.as_deref(), &release)

@@ -609,6 +609,8 @@ async fn unchanged_content_is_not_written_again_and_stale_reports_are_deleted() 
 /// by label).
 #[tokio::test]
 async fn reports_of_the_api_no_longer_written_are_deleted() {
+    // The chart's rights with reports.api=wgpolicyk8s: no write to openreports.io.
+    crate::rbac::features(&["reports", "wgpolicyk8s"]);
     let (client, mut v) = verifier::client();
     let set = Case::new(WEB_ALLOW).set();
     let scopes = set.reports.len();
@@ -839,6 +841,7 @@ async fn the_report_task_follows_the_events_and_writes_only_as_leader() {
 
 #[tokio::test]
 async fn openreports_get_the_same_results_with_source_and_limits() {
+    crate::rbac::features(&["reports", "openreports"]);
     let (client, mut v) = verifier::client();
     let set = Case::new(WEB_ALLOW).set();
     let (wanted, _) = model::results(&set.reports[&model::Scope::Namespace("prod".into())], now());
