@@ -55,7 +55,7 @@ impl PodIps {
     /// These addresses are their pods' from now on (the engine's owners,
     /// `Engine::owned_addresses`: one pod per address even while two claim it).
     pub fn publish_addresses<'a>(&self, addresses: impl IntoIterator<Item = (IpAddr, &'a Pod)>) {
-        self.publish_at(addresses, now_ms());
+        self.publish_at(addresses, palisade_audit::now_ms());
     }
 
     fn publish_at<'a>(&self, addresses: impl IntoIterator<Item = (IpAddr, &'a Pod)>, now_ms: i64) {
@@ -118,14 +118,6 @@ impl PodIps {
     fn write(&self) -> RwLockWriteGuard<'_, AddressBook> {
         self.book.write().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// Milliseconds since the epoch (0 before it), the clock of the decisions' times.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
