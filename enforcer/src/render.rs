@@ -601,9 +601,40 @@ const MERGE_MAX_PORTS: usize = 16;
 #[derive(Default)]
 struct Merged {
     members: Members,
-    /// Rule indices merged, and the first one's short id (the comment's).
-    rules: Vec<usize>,
-    first_id: Option<String>,
+    /// The rules merged, in order: (index, short id, the ports their merged matches take).
+    rules: Vec<MergedRule>,
+    /// Which rule a merged (protocol, port) belongs to: no two merged rules share one,
+    /// so a logged packet's port tells which rule accepted it.
+    port_owner: BTreeMap<(&'static str, u16), usize>,
+}
+
+type MergedRule = (usize, String, BTreeSet<(&'static str, u16)>);
+
+impl Merged {
+    /// Takes a match of rule `index` (`id`) when none of its ports belongs to another
+    /// merged rule.
+    fn take(&mut self, index: usize, id: &str, members: Vec<Member>) -> bool {
+        if members.is_empty() {
+            // Its peers are all of the other family: it matches nothing here.
+            return true;
+        }
+        let ports: BTreeSet<(&'static str, u16)> = members.iter().filter_map(|m| m.port).collect();
+        if ports
+            .iter()
+            .any(|p| self.port_owner.get(p).is_some_and(|&owner| owner != index))
+        {
+            return false;
+        }
+        for p in &ports {
+            self.port_owner.insert(*p, index);
+        }
+        match self.rules.last_mut() {
+            Some((last, _, taken)) if *last == index => taken.extend(ports),
+            _ => self.rules.push((index, id.to_string(), ports)),
+        }
+        self.members.extend(members.into_iter().map(|m| (m, false)));
+        true
+    }
 }
 
 impl<'a> FamilyRenderer<'a> {
@@ -968,13 +999,12 @@ impl<'a> FamilyRenderer<'a> {
             .get(policy.tier)
             .map(|t| t.name.clone())
             .unwrap_or_default();
-        // A policy whose rules in this direction all accept, none logged: the order of
-        // its rules does not matter and no rule must be told apart, so its small
-        // port-and-peer matches become one `hash:net,port` set (one set and one rule
-        // instead of one of each per rule: a node creates far fewer sets).
-        let mergeable = !rules.is_empty()
-            && rules.iter().all(|r| r.action == Action::Accept)
-            && self.log_audit(policy, Action::Accept).is_none();
+        // A policy whose rules in this direction all accept: the order of its rules does
+        // not matter, so its small port-and-peer matches become one `hash:net,port` set
+        // (one set and one rule instead of one of each per rule: a node creates far fewer
+        // sets). Merged rules never share a port, so a logged packet's port still tells
+        // which rule accepted it.
+        let mergeable = !rules.is_empty() && rules.iter().all(|r| r.action == Action::Accept);
         let mut merged = mergeable.then(Merged::default);
         let mut lines = Vec::new();
         for rule in rules {
@@ -1057,17 +1087,18 @@ impl<'a> FamilyRenderer<'a> {
         direction: Direction,
         merged: Merged,
     ) -> Result<String, RenderError> {
-        let key = format!("merged/{}/{}", policy_key(&policy.id), dir_word(direction));
+        let key = names::merged_set_key(&policy.id, direction);
         let set = set_name(&key, self.family);
         self.claim(&set, format!("set {key}"))?;
-        let indices: Vec<String> = merged.rules.iter().map(|i| i.to_string()).collect();
+        let indices: Vec<String> = merged.rules.iter().map(|r| r.0.to_string()).collect();
+        let first_id = merged.rules.first().map(|r| r.1.clone());
         let policy_name = match &policy.id.namespace {
             Some(ns) => format!("{ns}/{}", policy.id.name),
             None => policy.id.name.clone(),
         };
         let comment = truncate_comment(format!(
             "{} pal:{}:{}:{}:{}:-:Accept",
-            merged.first_id.unwrap_or_default(),
+            first_id.unwrap_or_default(),
             sanitize(tier),
             kind_short(policy.id.kind),
             sanitize(&policy_name),
@@ -1076,6 +1107,10 @@ impl<'a> FamilyRenderer<'a> {
         let remote = match direction {
             Direction::Ingress => "src",
             Direction::Egress => "dst",
+        };
+        let target = match self.log_audit(policy, Action::Accept) {
+            None => CHAIN_ACCEPT.to_string(),
+            Some(audit) => self.merged_log_chain(&key, &merged.rules, &audit)?,
         };
         self.out.sets.insert(
             set.clone(),
@@ -1086,8 +1121,33 @@ impl<'a> FamilyRenderer<'a> {
         );
         self.used_sets.insert(set.clone());
         Ok(format!(
-            "-A {chain} -m set --match-set {set} {remote},dst -m comment --comment \"{comment}\" -g {CHAIN_ACCEPT}"
+            "-A {chain} -m set --match-set {set} {remote},dst -m comment --comment \"{comment}\" -g {target}"
         ))
+    }
+
+    /// The chain a logged merged set goes to: the packet's port picks the rule that
+    /// accepted it, and its log chain (which logs under that rule's id, sets the ACCEPT
+    /// mark and returns to the tier chain, as for a rule of its own). A packet no line
+    /// takes (none: every merged member's port is one of them) falls off unaccepted.
+    fn merged_log_chain(
+        &mut self,
+        key: &str,
+        rules: &[MergedRule],
+        audit: &AuditRules,
+    ) -> Result<String, RenderError> {
+        let name = names::merged_log_chain(key);
+        self.claim(&name, format!("merged log chain {key}"))?;
+        let mut lines = Vec::new();
+        for (_, id, ports) in rules {
+            let log = self.log_chain(id, Action::Accept, audit)?;
+            for (proto, port) in ports {
+                lines.push(format!(
+                    "-A {name} -p {proto} -m {proto} --dport {port} -g {log}"
+                ));
+            }
+        }
+        self.out.chains.insert(name.clone(), lines);
+        Ok(name)
     }
 
     fn rule_lines(
@@ -1144,14 +1204,9 @@ impl<'a> FamilyRenderer<'a> {
         for m in &rule.matches {
             if let Some(merged) = merged.as_deref_mut() {
                 if let Some(members) = self.merge_members(m) {
-                    merged
-                        .members
-                        .extend(members.into_iter().map(|m| (m, false)));
-                    if merged.rules.last() != Some(&rule.index) {
-                        merged.rules.push(rule.index);
+                    if merged.take(rule.index, &id, members) {
+                        continue;
                     }
-                    merged.first_id.get_or_insert_with(|| id.clone());
-                    continue;
                 }
             }
             let peers: Vec<Option<String>> = match &m.peers {

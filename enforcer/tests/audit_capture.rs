@@ -743,9 +743,16 @@ fn new_rule_ids_are_published_before_the_kernel_changes() {
     let rs2 = accepts(2, "b-from-a-v2", 0);
     let mut rs3 = rs2.clone();
     rs3.version = 3;
-    // Rule set 4 needs set "d", which the test makes impossible to create.
+    // Rule set 4 needs a set for its policy's rule (merged into the policy's set), which
+    // the test makes impossible to create.
     let rs4 = accepts(4, "b-from-a-v4", 2);
-    let d_set = palisade_enforcer::names::set_name("d", palisade_policy::model::Family::IPv4);
+    let d_set = palisade_enforcer::names::set_name(
+        &palisade_enforcer::names::merged_set_key(
+            &pid(PolicyKind::NetworkPolicy, Some("ns"), "b-from-a-v4"),
+            Direction::Ingress,
+        ),
+        palisade_policy::model::Family::IPv4,
+    );
     let dir = spool_dir("order");
     let config = AuditConfig {
         group: 100,
