@@ -683,18 +683,9 @@ impl<'a> FamilyRenderer<'a> {
                 continue;
             }
             let name = set_name(&set.name, self.family);
-            if self.claim(&name, format!("set {}", set.name))? {
-                self.out.sets.insert(
-                    name.clone(),
-                    SetRules {
-                        source: set.name.clone(),
-                        members: set_members(set)
-                            .into_iter()
-                            .map(|(net, nomatch)| (Member::net(net), nomatch))
-                            .collect(),
-                    },
-                );
-            }
+            // Only named here (collisions are found at once); a set is rendered once a
+            // rule matches on it (`used_sets`), and a merged rule's set never is.
+            self.claim(&name, format!("set {}", set.name))?;
             self.set_names.push(Some(name));
         }
 
@@ -815,8 +806,21 @@ impl<'a> FamilyRenderer<'a> {
             self.out.chains.insert(CHAIN_PICKUP.to_string(), pickup);
         }
         self.out.chains.insert(CHAIN_FORWARD.to_string(), forward);
-        let used = std::mem::take(&mut self.used_sets);
-        self.out.sets.retain(|name, _| used.contains(name));
+        for (set, name) in self.rs.sets.iter().zip(&self.set_names) {
+            let Some(name) = name else { continue };
+            if self.used_sets.contains(name) && !self.out.sets.contains_key(name) {
+                self.out.sets.insert(
+                    name.clone(),
+                    SetRules {
+                        source: set.name.clone(),
+                        members: set_members(set)
+                            .into_iter()
+                            .map(|(net, nomatch)| (Member::net(net), nomatch))
+                            .collect(),
+                    },
+                );
+            }
+        }
         Ok(self.out)
     }
 
@@ -1053,7 +1057,10 @@ impl<'a> FamilyRenderer<'a> {
         for &i in m.peers.as_ref()? {
             let set = self.rs.sets.get(i)?;
             if set.family != self.family {
-                continue;
+                continue; // matches nothing here
+            }
+            if set.entries.len() + set.except.len() > MERGE_MAX_NETS {
+                return None;
             }
             for (net, nomatch) in set_members(set) {
                 if nomatch {
