@@ -52,7 +52,7 @@ use crate::names::{
     is_our_chain, is_our_set, CHAIN_DENY, CHAIN_FORWARD, HOOK_COMMENT, TEMP_SET_SUFFIX,
 };
 use crate::render::{
-    delta, render_checked, AuditRules, Delta, Installed, Members, RenderOptions, Rendered,
+    delta, render_checked, AuditRules, Delta, Installed, Member, Members, RenderOptions, Rendered,
 };
 
 /// Which iptables implementation to drive.
@@ -763,19 +763,38 @@ fn parse_ipset_save(text: &str) -> BTreeMap<String, (Family, Members)> {
                 let Some((_, members)) = out.get_mut(*name) else {
                     continue;
                 };
-                // ipset prints host entries without a prefix length.
-                let parsed = net
-                    .parse::<IpNet>()
-                    .ok()
-                    .or_else(|| net.parse::<IpAddr>().ok().map(IpNet::from));
-                if let Some(n) = parsed {
-                    members.insert(n, flags.contains(&"nomatch"));
+                if let Some(m) = parse_member(net) {
+                    members.insert(m, flags.contains(&"nomatch"));
                 }
             }
             _ => {}
         }
     }
     out
+}
+
+/// One member as `ipset save` prints it: `NET` or `NET,PROTO:PORT` (host entries
+/// without a prefix length). `None`: not one we write (the set is rewritten).
+fn parse_member(text: &str) -> Option<Member> {
+    let net = |t: &str| {
+        t.parse::<IpNet>()
+            .ok()
+            .or_else(|| t.parse::<IpAddr>().ok().map(IpNet::from))
+    };
+    let Some((addr, port)) = text.split_once(',') else {
+        return net(text).map(Member::net);
+    };
+    let (proto, number) = port.split_once(':')?;
+    let proto = match proto {
+        "tcp" => "tcp",
+        "udp" => "udp",
+        "sctp" => "sctp",
+        _ => return None,
+    };
+    Some(Member {
+        net: net(addr)?,
+        port: Some((proto, number.parse().ok()?)),
+    })
 }
 
 /// Runs a command, returns its stdout; a non-zero exit is an error with stderr.

@@ -158,6 +158,18 @@ pub fn log_chain(id: &str) -> String {
     format!("PALISADE-L-{:016x}", fnv64(id))
 }
 
+/// What a policy's merged `hash:net,port` set of one direction stands for (its name is
+/// [`set_name`] of it).
+pub fn merged_set_key(id: &PolicyId, direction: Direction) -> String {
+    format!("merged/{}/{}", policy_key(id), direction.as_str())
+}
+
+/// `PALISADE-LM-<hash>`: a logged merged set's chain, from the packet's port to the log
+/// chain of the rule that accepted it.
+pub fn merged_log_chain(key: &str) -> String {
+    format!("PALISADE-LM-{:016x}", fnv64(key))
+}
+
 /// The hashlimit table of logged denials per source (per family in the kernel).
 pub const DENY_LOG_LIMIT: &str = "pal-deny-log";
 /// The hashlimit table of all logged denials of the node (one bucket per family).

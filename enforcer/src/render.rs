@@ -106,7 +106,8 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use palisade_policy::compiled::{
-    AddressSet, CompiledPolicy, CompiledRule, LocalPod, NodeRuleSet, PortRange, TierPolicies,
+    AddressSet, CompiledPolicy, CompiledRule, LocalPod, NodeRuleSet, PortRange, RuleMatch,
+    TierPolicies,
 };
 use palisade_policy::model::{
     Action, AuditMode, DefaultAction, Direction, Family, PolicyId, Protocol,
@@ -180,8 +181,35 @@ pub struct RuleRef {
     pub isolated_by: Vec<PolicyId>,
 }
 
-/// Members of one ipset: net → `nomatch`.
-pub type Members = BTreeMap<IpNet, bool>;
+/// One ipset member: a net, with the protocol and destination port for a
+/// `hash:net,port` set (a policy's merged Accept rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Member {
+    pub net: IpNet,
+    /// `(protocol, port)`: `tcp`, `udp` or `sctp`.
+    pub port: Option<(&'static str, u16)>,
+}
+
+impl Member {
+    pub fn net(net: IpNet) -> Self {
+        Member { net, port: None }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            None => write!(f, "{}", self.net),
+            Some((proto, port)) => write!(f, "{},{proto}:{port}", self.net),
+        }
+    }
+}
+
+/// Members of one ipset: member → `nomatch`.
+pub type Members = BTreeMap<Member, bool>;
+
+/// An address set's members as nets: net → `nomatch`.
+pub type NetMembers = BTreeMap<IpNet, bool>;
 
 /// One ipset as rendered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -333,21 +361,27 @@ fn ipset_family(family: Family) -> &'static str {
     }
 }
 
-/// `create NAME hash:net family inet …` (without `-exist`: restore runs with it).
-pub fn set_create_line(name: &str, family: Family, members: usize) -> String {
+/// `create NAME hash:net family inet …` (without `-exist`: restore runs with it);
+/// `hash:net,port` when the members carry ports.
+pub fn set_create_line(name: &str, family: Family, members: &Members) -> String {
+    let kind = if members.keys().any(|m| m.port.is_some()) {
+        "hash:net,port"
+    } else {
+        "hash:net"
+    };
     format!(
-        "create {name} hash:net family {} hashsize {} maxelem 1048576",
+        "create {name} {kind} family {} hashsize {} maxelem 1048576",
         ipset_family(family),
-        hashsize(members)
+        hashsize(members.len())
     )
 }
 
-/// `add NAME NET [nomatch]`.
-pub fn set_add_line(name: &str, net: &IpNet, nomatch: bool) -> String {
+/// `add NAME MEMBER [nomatch]`.
+pub fn set_add_line(name: &str, member: &Member, nomatch: bool) -> String {
     if nomatch {
-        format!("add {name} {net} nomatch")
+        format!("add {name} {member} nomatch")
     } else {
-        format!("add {name} {net}")
+        format!("add {name} {member}")
     }
 }
 
@@ -356,12 +390,12 @@ pub fn set_add_line(name: &str, net: &IpNet, nomatch: bool) -> String {
 pub fn set_build_and_swap(name: &str, family: Family, members: &Members) -> Vec<String> {
     let temp = temp_set_name(name);
     let mut lines = Vec::with_capacity(members.len() + 5);
-    lines.push(set_create_line(&temp, family, members.len()));
+    lines.push(set_create_line(&temp, family, members));
     lines.push(format!("flush {temp}"));
-    for (net, nomatch) in members {
-        lines.push(set_add_line(&temp, net, *nomatch));
+    for (member, nomatch) in members {
+        lines.push(set_add_line(&temp, member, *nomatch));
     }
-    lines.push(set_create_line(name, family, members.len()));
+    lines.push(set_create_line(name, family, members));
     lines.push(format!("swap {temp} {name}"));
     lines.push(format!("destroy {temp}"));
     lines
@@ -454,7 +488,7 @@ fn describe(r: &RuleRef) -> String {
 /// the set (`contains` needs the entry to be strictly more specific), so it is
 /// stored once, as `nomatch`. Members of the other family are ignored (the set is
 /// only ever consulted for packets of its own family).
-pub fn set_members(set: &AddressSet) -> Members {
+pub fn set_members(set: &AddressSet) -> NetMembers {
     let family_ok = |n: &IpNet| {
         matches!(
             (set.family, n),
@@ -475,7 +509,7 @@ pub fn set_members(set: &AddressSet) -> Members {
         .collect();
     let zero_entry = entries.iter().any(|n| n.prefix_len() == 0);
     let zero_except = excepts.iter().any(|n| n.prefix_len() == 0);
-    let mut out = Members::new();
+    let mut out = NetMembers::new();
     for e in entries.iter().filter(|n| n.prefix_len() > 0) {
         out.insert(*e, excepts.contains(e));
     }
@@ -553,6 +587,54 @@ struct FamilyRenderer<'a> {
     owners: BTreeMap<String, String>,
     /// Set index → ipset name, `None` for sets of the other family.
     set_names: Vec<Option<String>>,
+    /// The sets a rule matches on (the others are not installed).
+    used_sets: BTreeSet<String>,
+}
+
+/// At most this many addresses and ports in a rule match merged into its policy's
+/// `hash:net,port` set (each pair is one member): larger peer sets stay shared sets of
+/// their own, so a big selector used by many policies is stored once.
+const MERGE_MAX_NETS: usize = 64;
+const MERGE_MAX_PORTS: usize = 16;
+
+/// The rule matches of one policy chain merged into one `hash:net,port` set.
+#[derive(Default)]
+struct Merged {
+    members: Members,
+    /// The rules merged, in order: (index, short id, the ports their merged matches take).
+    rules: Vec<MergedRule>,
+    /// Which rule a merged (protocol, port) belongs to: no two merged rules share one,
+    /// so a logged packet's port tells which rule accepted it.
+    port_owner: BTreeMap<(&'static str, u16), usize>,
+}
+
+type MergedRule = (usize, String, BTreeSet<(&'static str, u16)>);
+
+impl Merged {
+    /// Takes a match of rule `index` (`id`) when none of its ports belongs to another
+    /// merged rule.
+    fn take(&mut self, index: usize, id: &str, members: Vec<Member>) -> bool {
+        if members.is_empty() {
+            // Its peers are all of the other family: it matches nothing here.
+            return true;
+        }
+        let ports: BTreeSet<(&'static str, u16)> = members.iter().filter_map(|m| m.port).collect();
+        if ports
+            .iter()
+            .any(|p| self.port_owner.get(p).is_some_and(|&owner| owner != index))
+        {
+            return false;
+        }
+        for p in &ports {
+            self.port_owner.insert(*p, index);
+        }
+        match self.rules.last_mut() {
+            Some((last, _, taken)) if *last == index => taken.extend(ports),
+            _ => self.rules.push((index, id.to_string(), ports)),
+        }
+        self.members.extend(members.into_iter().map(|m| (m, false)));
+        true
+    }
 }
 
 impl<'a> FamilyRenderer<'a> {
@@ -575,6 +657,7 @@ impl<'a> FamilyRenderer<'a> {
             },
             owners: BTreeMap::new(),
             set_names: Vec::new(),
+            used_sets: BTreeSet::new(),
         }
     }
 
@@ -600,15 +683,9 @@ impl<'a> FamilyRenderer<'a> {
                 continue;
             }
             let name = set_name(&set.name, self.family);
-            if self.claim(&name, format!("set {}", set.name))? {
-                self.out.sets.insert(
-                    name.clone(),
-                    SetRules {
-                        source: set.name.clone(),
-                        members: set_members(set),
-                    },
-                );
-            }
+            // Only named here (collisions are found at once); a set is rendered once a
+            // rule matches on it (`used_sets`), and a merged rule's set never is.
+            self.claim(&name, format!("set {}", set.name))?;
             self.set_names.push(Some(name));
         }
 
@@ -729,6 +806,21 @@ impl<'a> FamilyRenderer<'a> {
             self.out.chains.insert(CHAIN_PICKUP.to_string(), pickup);
         }
         self.out.chains.insert(CHAIN_FORWARD.to_string(), forward);
+        for (set, name) in self.rs.sets.iter().zip(&self.set_names) {
+            let Some(name) = name else { continue };
+            if self.used_sets.contains(name) && !self.out.sets.contains_key(name) {
+                self.out.sets.insert(
+                    name.clone(),
+                    SetRules {
+                        source: set.name.clone(),
+                        members: set_members(set)
+                            .into_iter()
+                            .map(|(net, nomatch)| (Member::net(net), nomatch))
+                            .collect(),
+                    },
+                );
+            }
+        }
         Ok(self.out)
     }
 
@@ -911,9 +1003,155 @@ impl<'a> FamilyRenderer<'a> {
             .get(policy.tier)
             .map(|t| t.name.clone())
             .unwrap_or_default();
+        // A policy whose rules in this direction all accept: the order of its rules does
+        // not matter, so its small port-and-peer matches become one `hash:net,port` set
+        // (one set and one rule instead of one of each per rule: a node creates far fewer
+        // sets). Merged rules never share a port, so a logged packet's port still tells
+        // which rule accepted it.
+        let mergeable = !rules.is_empty() && rules.iter().all(|r| r.action == Action::Accept);
+        let mut merged = mergeable.then(Merged::default);
         let mut lines = Vec::new();
         for rule in rules {
-            self.rule_lines(&name, &tier_name, policy, direction, rule, &mut lines)?;
+            self.rule_lines(
+                &name,
+                &tier_name,
+                policy,
+                direction,
+                rule,
+                &mut lines,
+                merged.as_mut(),
+            )?;
+        }
+        if let Some(merged) = merged.filter(|m| !m.members.is_empty()) {
+            let line = self.merged_line(&name, &tier_name, policy, direction, merged)?;
+            lines.insert(0, line);
+        }
+        self.out.chains.insert(name.clone(), lines);
+        Ok(name)
+    }
+
+    /// The members of a rule match that can go into its policy's merged set: a match
+    /// of a few plain peers (no exception) on a few TCP, UDP or SCTP ports, on any
+    /// local pod the policy selects. `None`: rendered as a rule of its own.
+    fn merge_members(&self, m: &RuleMatch) -> Option<Vec<Member>> {
+        if m.local.is_some() {
+            return None;
+        }
+        let mut ports = Vec::new();
+        for r in m.ports.as_ref()? {
+            if !r.protocol.has_ports() {
+                return None;
+            }
+            let proto = proto_name(r.protocol, self.family);
+            for port in r.start..=r.end {
+                ports.push((proto, port));
+                if ports.len() > MERGE_MAX_PORTS {
+                    return None;
+                }
+            }
+        }
+        if ports.is_empty() {
+            return None;
+        }
+        let mut nets = BTreeSet::new();
+        for &i in m.peers.as_ref()? {
+            let set = self.rs.sets.get(i)?;
+            if set.family != self.family {
+                continue; // matches nothing here
+            }
+            if set.entries.len() + set.except.len() > MERGE_MAX_NETS {
+                return None;
+            }
+            for (net, nomatch) in set_members(set) {
+                if nomatch {
+                    // An exception could hide another rule's entry: not a union.
+                    return None;
+                }
+                nets.insert(net);
+            }
+            if nets.len() > MERGE_MAX_NETS {
+                return None;
+            }
+        }
+        Some(
+            nets.iter()
+                .flat_map(|net| {
+                    ports.iter().map(|&port| Member {
+                        net: *net,
+                        port: Some(port),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// The one rule matching a policy chain's merged set, and the set.
+    fn merged_line(
+        &mut self,
+        chain: &str,
+        tier: &str,
+        policy: &CompiledPolicy,
+        direction: Direction,
+        merged: Merged,
+    ) -> Result<String, RenderError> {
+        let key = names::merged_set_key(&policy.id, direction);
+        let set = set_name(&key, self.family);
+        self.claim(&set, format!("set {key}"))?;
+        let indices: Vec<String> = merged.rules.iter().map(|r| r.0.to_string()).collect();
+        let first_id = merged.rules.first().map(|r| r.1.clone());
+        let policy_name = match &policy.id.namespace {
+            Some(ns) => format!("{ns}/{}", policy.id.name),
+            None => policy.id.name.clone(),
+        };
+        let comment = truncate_comment(format!(
+            "{} pal:{}:{}:{}:{}:-:Accept",
+            first_id.unwrap_or_default(),
+            sanitize(tier),
+            kind_short(policy.id.kind),
+            sanitize(&policy_name),
+            indices.join(",")
+        ));
+        let remote = match direction {
+            Direction::Ingress => "src",
+            Direction::Egress => "dst",
+        };
+        let target = match self.log_audit(policy, Action::Accept) {
+            None => CHAIN_ACCEPT.to_string(),
+            Some(audit) => self.merged_log_chain(&key, &merged.rules, &audit)?,
+        };
+        self.out.sets.insert(
+            set.clone(),
+            SetRules {
+                source: key,
+                members: merged.members,
+            },
+        );
+        self.used_sets.insert(set.clone());
+        Ok(format!(
+            "-A {chain} -m set --match-set {set} {remote},dst -m comment --comment \"{comment}\" -g {target}"
+        ))
+    }
+
+    /// The chain a logged merged set goes to: the packet's port picks the rule that
+    /// accepted it, and its log chain (which logs under that rule's id, sets the ACCEPT
+    /// mark and returns to the tier chain, as for a rule of its own). A packet no line
+    /// takes (none: every merged member's port is one of them) falls off unaccepted.
+    fn merged_log_chain(
+        &mut self,
+        key: &str,
+        rules: &[MergedRule],
+        audit: &AuditRules,
+    ) -> Result<String, RenderError> {
+        let name = names::merged_log_chain(key);
+        self.claim(&name, format!("merged log chain {key}"))?;
+        let mut lines = Vec::new();
+        for (_, id, ports) in rules {
+            let log = self.log_chain(id, Action::Accept, audit)?;
+            for (proto, port) in ports {
+                lines.push(format!(
+                    "-A {name} -p {proto} -m {proto} --dport {port} -g {log}"
+                ));
+            }
         }
         self.out.chains.insert(name.clone(), lines);
         Ok(name)
@@ -927,6 +1165,7 @@ impl<'a> FamilyRenderer<'a> {
         direction: Direction,
         rule: &CompiledRule,
         lines: &mut Vec<String>,
+        mut merged: Option<&mut Merged>,
     ) -> Result<(), RenderError> {
         let id = rule_id(&policy.id, rule.index, direction);
         let policy_name = match &policy.id.namespace {
@@ -970,6 +1209,13 @@ impl<'a> FamilyRenderer<'a> {
         };
         let first_line = lines.len();
         for m in &rule.matches {
+            if let Some(merged) = merged.as_deref_mut() {
+                if let Some(members) = self.merge_members(m) {
+                    if merged.take(rule.index, &id, members) {
+                        continue;
+                    }
+                }
+            }
             let peers: Vec<Option<String>> = match &m.peers {
                 None => vec![None],
                 Some(list) => {
@@ -1003,9 +1249,11 @@ impl<'a> FamilyRenderer<'a> {
                     }
                     if let Some(p) = peer {
                         let _ = write!(line, " -m set --match-set {p} {remote_dir}");
+                        self.used_sets.insert(p.clone());
                     }
                     if let Some(l) = &local {
                         let _ = write!(line, " -m set --match-set {l} {local_dir}");
+                        self.used_sets.insert(l.clone());
                     }
                     let _ = write!(line, " -m comment --comment \"{comment}\" {target}");
                     lines.push(line);
@@ -1257,8 +1505,8 @@ impl Delta {
     }
 }
 
-fn is_host(net: &IpNet) -> bool {
-    net.prefix_len() == net.max_prefix_len()
+fn is_host(member: &Member) -> bool {
+    member.net.prefix_len() == member.net.max_prefix_len()
 }
 
 /// Computes the update from what is installed to the new state.
@@ -1271,19 +1519,19 @@ pub fn delta(old: &Installed, new: &FamilyRules) -> Delta {
                 // Not in the kernel (what is installed was read from it): create
                 // and fill; no rule references it yet.
                 d.ipset_before
-                    .push(set_create_line(name, new.family, set.members.len()));
-                for (net, nomatch) in &set.members {
-                    d.ipset_before.push(set_add_line(name, net, *nomatch));
+                    .push(set_create_line(name, new.family, &set.members));
+                for (member, nomatch) in &set.members {
+                    d.ipset_before.push(set_add_line(name, member, *nomatch));
                 }
             }
             Some(Some(members)) if *members == set.members => {}
             Some(Some(members)) => {
                 d.sets_updated += 1;
-                let removed: Vec<&IpNet> = members
+                let removed: Vec<&Member> = members
                     .keys()
                     .filter(|n| !set.members.contains_key(n))
                     .collect();
-                let added: Vec<(&IpNet, bool)> = set
+                let added: Vec<(&Member, bool)> = set
                     .members
                     .iter()
                     .filter(|(n, _)| !members.contains_key(n))
@@ -1372,7 +1620,7 @@ mod tests {
     }
 
     /// ipset semantics over members: the most specific matching member decides.
-    fn ipset_contains(members: &Members, ip: IpAddr) -> bool {
+    fn ipset_contains(members: &NetMembers, ip: IpAddr) -> bool {
         members
             .iter()
             .filter(|(n, _)| n.contains(&ip))

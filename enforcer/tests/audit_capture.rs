@@ -286,6 +286,98 @@ fn nflog_lines(rs: &NodeRuleSet) -> Vec<String> {
         .collect()
 }
 
+/// Two accepting rules of one policy, merged into one `hash:net,port` set: each
+/// connection is logged under the rule that accepts it (its port picks the rule), not
+/// under the first rule merged.
+#[test]
+fn merged_rules_are_logged_under_their_own_rule() {
+    if !can_netns("merged audit") {
+        return;
+    }
+    let lab = Lab::new(&["198.18.7.20", "198.18.7.21", "198.18.7.22"]);
+    let (a, b, c) = (
+        lab.ip(0).to_string(),
+        lab.ip(1).to_string(),
+        lab.ip(2).to_string(),
+    );
+    lab.serve(&[7001, 7002]);
+    let v4 = palisade_policy::model::Family::IPv4;
+    let rs = mk_rule_set(
+        1,
+        &[LAB_NODE_IP],
+        vec![np_tier()],
+        vec![
+            mk_set("a", v4, &[&format!("{a}/32")], &[]),
+            mk_set("c", v4, &[&format!("{c}/32")], &[]),
+        ],
+        vec![mk_policy(
+            PolicyKind::NetworkPolicy,
+            Some("ns"),
+            "b",
+            0,
+            vec![
+                mk_rule(
+                    0,
+                    Action::Accept,
+                    vec![mk_match(Some(vec![0]), Some(vec![tcp(7001)]), None)],
+                ),
+                mk_rule(
+                    1,
+                    Action::Accept,
+                    vec![mk_match(Some(vec![1]), Some(vec![tcp(7002)]), None)],
+                ),
+            ],
+            vec![],
+        )],
+        vec![mk_pod("ns", "b", &[&b], vec![tp(0, &[0])], vec![])],
+    );
+    let rendered = render(&rs, &RenderOptions::default()).expect("renders");
+    assert_eq!(rendered.ipv4.sets.len(), 1, "the two rules are merged");
+    let dir = spool_dir("merged");
+    let config = AuditConfig {
+        group: 100,
+        window: Duration::from_millis(200),
+        spool_dir: dir.clone(),
+        spool_max_bytes: 1 << 20,
+        keep_previous: Duration::from_secs(30),
+    };
+    let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
+    let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
+    let capture = lab.node.run(|| {
+        let capture = Capture::start(&config, "node-a", emit).expect("capture starts");
+        enforcer
+            .apply_attributed(&rs, &capture.attribution)
+            .expect("apply");
+        capture
+    });
+    drop(lab.connect(0, 1, 7001).expect("a → b:7001 (rule 0)"));
+    drop(lab.connect(2, 1, 7002).expect("c → b:7002 (rule 1)"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while capture.counters().records < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spool = Arc::clone(&capture.spool);
+    capture.stop();
+    let decisions = spooled(&spool);
+    lab.node
+        .run(|| palisade_enforcer::cleanup().expect("cleanup"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let policy = pid(PolicyKind::NetworkPolicy, Some("ns"), "b");
+    for (index, from, port) in [(0, &a, 7001), (1, &c, 7002)] {
+        let id = rule_id(&policy, index, Direction::Ingress);
+        let d = decisions
+            .get(&(id, from.clone(), b.clone(), Some(port)))
+            .unwrap_or_else(|| {
+                panic!("no record of rule {index} for {from} → :{port} in {decisions:#?}")
+            });
+        assert_eq!(
+            (d.rule_index, d.verdict),
+            (Some(index as u32), Verdict::Allow)
+        );
+    }
+    assert_eq!(decisions.len(), 2, "{decisions:#?}");
+}
+
 #[test]
 fn audit_settings_decide_what_is_logged() {
     let rs = state("198.18.7.10", "198.18.7.11", "198.18.7.12");
@@ -743,9 +835,16 @@ fn new_rule_ids_are_published_before_the_kernel_changes() {
     let rs2 = accepts(2, "b-from-a-v2", 0);
     let mut rs3 = rs2.clone();
     rs3.version = 3;
-    // Rule set 4 needs set "d", which the test makes impossible to create.
+    // Rule set 4 needs a set for its policy's rule (merged into the policy's set), which
+    // the test makes impossible to create.
     let rs4 = accepts(4, "b-from-a-v4", 2);
-    let d_set = palisade_enforcer::names::set_name("d", palisade_policy::model::Family::IPv4);
+    let d_set = palisade_enforcer::names::set_name(
+        &palisade_enforcer::names::merged_set_key(
+            &pid(PolicyKind::NetworkPolicy, Some("ns"), "b-from-a-v4"),
+            Direction::Ingress,
+        ),
+        palisade_policy::model::Family::IPv4,
+    );
     let dir = spool_dir("order");
     let config = AuditConfig {
         group: 100,

@@ -84,12 +84,20 @@ fn apply_hints_when_the_ipset_table_is_outgrown() {
     let dir = temp_dir("hint");
     let state_path = dir.join("state.json");
     let mut state = sample_state(3, 0);
+    let first = state.sets.len();
     for i in 0..300 {
         let addr = format!("10.99.{}.{}/32", i / 250, 1 + i % 250);
         state
             .sets
             .push(mk_set(&format!("extra/{i}"), Family::IPv4, &[&addr], &[]));
     }
+    // Only the sets a rule matches on are created: a rule of shop/front on every port
+    // (not merged into its policy's set) takes the 300.
+    state.policies[2].ingress.push(mk_rule(
+        1,
+        palisade_policy::model::Action::Accept,
+        vec![mk_match(Some((first..first + 300).collect()), None, None)],
+    ));
     write_state(&state_path, &state);
     let out = sh(&format!(
         "ip netns exec {} {BIN} apply --state {}",
