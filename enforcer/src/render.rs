@@ -24,7 +24,10 @@
 //!              clear mark;  -j <policy chain 1>;  mark set? → RETURN;  -j <policy chain 2> …
 //!              networkpolicy tier or defaultAction Deny: → PALISADE-DENY
 //! policy chain   PALISADE-P{I,E}-<hash of the policy id>, shared by all pods it selects
+//!              (all rules Accept) -m set --match-set <merged set> {src|dst},dst
+//!                    -g PALISADE-ACCEPT | -g PALISADE-LM-<hash>      (see "Merged sets")
 //!              <match> -g PALISADE-ACCEPT | -g PALISADE-PASS | -j PALISADE-DENY
+//! PALISADE-LM-<hash>  -p <proto> --dport <port> -g <the log chain of the rule with that port>
 //! PALISADE-ACCEPT / PALISADE-PASS   set the ACCEPT / PASS mark bit (then return)
 //! PALISADE-DENY                     DROP (or REJECT: tcp-reset / port-unreachable)
 //! PALISADE-PICKUP  -s <pod isolated for ingress> → PALISADE-DENY
@@ -79,6 +82,19 @@
 //! POSTROUTING) after, so FORWARD sees the pod's own address as source and
 //! destination; one `-s IP -d IP -j RETURN` per isolated local pod address lets it
 //! through before any pod chain.
+//!
+//! # Merged sets
+//!
+//! The kernel keeps a namespace's ipsets in a table that grows 64 slots at a time, one RCU
+//! grace period (about 11 ms) per step: a node with a set per rule pays for it (1,000 rules in
+//! two families: 28 steps). A policy whose rules in a direction all accept needs no order
+//! among them, so its small matches (a few plain peers, no exception, on a few TCP, UDP or
+//! SCTP ports, on any pod the policy selects) become one `hash:net,port` set of
+//! (peer, protocol:port) pairs, matched once with the packet's remote address and
+//! destination port: a peer only ever gets its own rule's ports. Merged rules never share a
+//! port (a rule on a port another merged rule has keeps its own set), so when they are logged
+//! the port picks the rule's log chain in `PALISADE-LM-<hash>`. A compiled set is installed
+//! only when a rule matches on it (a merged rule's own set never is).
 //!
 //! # Audit
 //!
@@ -589,6 +605,8 @@ struct FamilyRenderer<'a> {
     set_names: Vec<Option<String>>,
     /// The sets a rule matches on (the others are not installed).
     used_sets: BTreeSet<String>,
+    /// The merged set of the policy chain being rendered (`None`: it merges nothing).
+    merging: Option<Merged>,
 }
 
 /// At most this many addresses and ports in a rule match merged into its policy's
@@ -658,6 +676,7 @@ impl<'a> FamilyRenderer<'a> {
             owners: BTreeMap::new(),
             set_names: Vec::new(),
             used_sets: BTreeSet::new(),
+            merging: None,
         }
     }
 
@@ -1009,19 +1028,12 @@ impl<'a> FamilyRenderer<'a> {
         // sets). Merged rules never share a port, so a logged packet's port still tells
         // which rule accepted it.
         let mergeable = !rules.is_empty() && rules.iter().all(|r| r.action == Action::Accept);
-        let mut merged = mergeable.then(Merged::default);
+        self.merging = mergeable.then(Merged::default);
         let mut lines = Vec::new();
         for rule in rules {
-            self.rule_lines(
-                &name,
-                &tier_name,
-                policy,
-                direction,
-                rule,
-                &mut lines,
-                merged.as_mut(),
-            )?;
+            self.rule_lines(&name, &tier_name, policy, direction, rule, &mut lines)?;
         }
+        let merged = self.merging.take();
         if let Some(merged) = merged.filter(|m| !m.members.is_empty()) {
             let line = self.merged_line(&name, &tier_name, policy, direction, merged)?;
             lines.insert(0, line);
@@ -1165,7 +1177,6 @@ impl<'a> FamilyRenderer<'a> {
         direction: Direction,
         rule: &CompiledRule,
         lines: &mut Vec<String>,
-        mut merged: Option<&mut Merged>,
     ) -> Result<(), RenderError> {
         let id = rule_id(&policy.id, rule.index, direction);
         let policy_name = match &policy.id.namespace {
@@ -1209,8 +1220,10 @@ impl<'a> FamilyRenderer<'a> {
         };
         let first_line = lines.len();
         for m in &rule.matches {
-            if let Some(merged) = merged.as_deref_mut() {
-                if let Some(members) = self.merge_members(m) {
+            if self.merging.is_some() {
+                let members = self.merge_members(m);
+                let merged = self.merging.as_mut();
+                if let (Some(members), Some(merged)) = (members, merged) {
                     if merged.take(rule.index, &id, members) {
                         continue;
                     }
