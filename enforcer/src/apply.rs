@@ -483,7 +483,7 @@ impl Enforcer {
                 Family::IPv4 => 0,
                 Family::IPv6 => 1,
             };
-            out[i].sets.insert(name, Some(members));
+            out[i].sets.insert(name, members);
         }
         Ok((out, leftovers))
     }
@@ -746,25 +746,32 @@ fn parse_save(text: &str) -> Saved {
     Saved { chains, hooks }
 }
 
-/// Our sets from `ipset save`: name → (family, members).
-fn parse_ipset_save(text: &str) -> BTreeMap<String, (Family, Members)> {
-    let mut out: BTreeMap<String, (Family, Members)> = BTreeMap::new();
+/// Our sets from `ipset save`: name → (family, members). The members are `None`
+/// (content unknown: the set is rebuilt and swapped) when the set is of a type we never
+/// create or holds a member we would not write.
+fn parse_ipset_save(text: &str) -> BTreeMap<String, (Family, Option<Members>)> {
+    let mut out: BTreeMap<String, (Family, Option<Members>)> = BTreeMap::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["create", name, _type, rest @ ..] if is_our_set(name) => {
+            ["create", name, kind, rest @ ..] if is_our_set(name) => {
                 let family = match rest.windows(2).find(|w| w[0] == "family") {
                     Some(w) if w[1] == "inet6" => Family::IPv6,
                     _ => Family::IPv4,
                 };
-                out.insert(name.to_string(), (family, Members::new()));
+                let known = matches!(*kind, "hash:net" | "hash:net,port");
+                out.insert(name.to_string(), (family, known.then(Members::new)));
             }
             ["add", name, net, flags @ ..] if is_our_set(name) => {
-                let Some((_, members)) = out.get_mut(*name) else {
+                let Some((_, content)) = out.get_mut(*name) else {
                     continue;
                 };
-                if let Some(m) = parse_member(net) {
-                    members.insert(m, flags.contains(&"nomatch"));
+                let member = parse_member(net);
+                match (content.as_mut(), member) {
+                    (Some(members), Some(m)) => {
+                        members.insert(m, flags.contains(&"nomatch"));
+                    }
+                    _ => *content = None,
                 }
             }
             _ => {}
@@ -1067,6 +1074,40 @@ fn local_addresses() -> Result<BTreeSet<IpAddr>, ApplyError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ipset_save_is_read_back_with_port_members_and_unknown_content_flagged() {
+        let text = "create PAL-a hash:net,port family inet6 hashsize 64 maxelem 1048576\n\
+                    add PAL-a 2001:db8::1,tcp:8080\n\
+                    add PAL-a 2001:db8::/64,sctp:9\n\
+                    create PAL-b hash:net family inet hashsize 64 maxelem 1048576\n\
+                    add PAL-b 10.0.0.1\n\
+                    add PAL-b 10.1.0.0/16 nomatch\n\
+                    create PAL-c hash:net,port family inet hashsize 64 maxelem 1048576\n\
+                    add PAL-c 10.0.0.1,icmp:8/0\n\
+                    create PAL-d hash:ip family inet hashsize 64 maxelem 1048576\n\
+                    create other hash:net family inet\n";
+        let sets = super::parse_ipset_save(text);
+        let show = |name: &str| -> Option<Vec<String>> {
+            sets[name].1.as_ref().map(|m| {
+                m.iter()
+                    .map(|(k, f)| format!("{k}{}", if *f { " nomatch" } else { "" }))
+                    .collect()
+            })
+        };
+        assert_eq!(
+            show("PAL-a").expect("known"),
+            ["2001:db8::/64,sctp:9", "2001:db8::1/128,tcp:8080"]
+        );
+        assert_eq!(sets["PAL-a"].0, palisade_policy::model::Family::IPv6);
+        assert_eq!(
+            show("PAL-b").expect("known"),
+            ["10.0.0.1/32", "10.1.0.0/16 nomatch"]
+        );
+        assert_eq!(show("PAL-c"), None, "a member we never write: rebuilt");
+        assert_eq!(show("PAL-d"), None, "a type we never create: rebuilt");
+        assert!(!sets.contains_key("other"));
+    }
+
     use super::*;
 
     #[test]

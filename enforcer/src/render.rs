@@ -93,8 +93,16 @@
 //! (peer, protocol:port) pairs, matched once with the packet's remote address and
 //! destination port: a peer only ever gets its own rule's ports. Merged rules never share a
 //! port (a rule on a port another merged rule has keeps its own set), so when they are logged
-//! the port picks the rule's log chain in `PALISADE-LM-<hash>`. A compiled set is installed
-//! only when a rule matches on it (a merged rule's own set never is).
+//! the port picks the rule's log chain in `PALISADE-LM-<hash>`. Merging stops at the first
+//! match that is not merged, so merged matches precede every other line and a packet is
+//! logged under the first rule that matches it. A compiled set is installed only when a
+//! rule matches on it (a merged rule's own set never is).
+//!
+//! Sets change before chains (an apply's order). A rule that leaves the merged set (it grew
+//! past the limits, or a port it shares appeared) loses its members there before its own
+//! line exists: its new connections are refused for those milliseconds (closed, never
+//! open). A packet that a new merged member takes but the old dispatch chain does not goes
+//! on with the old rules after it.
 //!
 //! # Audit
 //!
@@ -624,6 +632,10 @@ struct Merged {
     /// Which rule a merged (protocol, port) belongs to: no two merged rules share one,
     /// so a logged packet's port tells which rule accepted it.
     port_owner: BTreeMap<(&'static str, u16), usize>,
+    /// Set once a match is not merged: no later match is, so every merged match comes
+    /// before every rule line, and a packet is logged under the first rule that matches
+    /// it (two merged rules never match one packet: they share no port).
+    closed: bool,
 }
 
 type MergedRule = (usize, String, BTreeSet<(&'static str, u16)>);
@@ -1035,8 +1047,9 @@ impl<'a> FamilyRenderer<'a> {
         }
         let merged = self.merging.take();
         if let Some(merged) = merged.filter(|m| !m.members.is_empty()) {
-            let line = self.merged_line(&name, &tier_name, policy, direction, merged)?;
-            lines.insert(0, line);
+            // First: the merged matches precede every match not merged (`Merged::closed`).
+            let merged_lines = self.merged_lines(&name, &tier_name, policy, direction, merged)?;
+            lines.splice(0..0, merged_lines);
         }
         self.out.chains.insert(name.clone(), lines);
         Ok(name)
@@ -1097,15 +1110,18 @@ impl<'a> FamilyRenderer<'a> {
         )
     }
 
-    /// The one rule matching a policy chain's merged set, and the set.
-    fn merged_line(
+    /// The rule matching a policy chain's merged set (and the set). Logged, it calls the
+    /// port-dispatch chain and returns to the tier chain when that accepted; a packet no
+    /// line of it takes (a set updated before the chains are) goes on with the rules
+    /// after, as if the merged rule had not matched.
+    fn merged_lines(
         &mut self,
         chain: &str,
         tier: &str,
         policy: &CompiledPolicy,
         direction: Direction,
         merged: Merged,
-    ) -> Result<String, RenderError> {
+    ) -> Result<Vec<String>, RenderError> {
         let key = names::merged_set_key(&policy.id, direction);
         let set = set_name(&key, self.family);
         self.claim(&set, format!("set {key}"))?;
@@ -1127,9 +1143,9 @@ impl<'a> FamilyRenderer<'a> {
             Direction::Ingress => "src",
             Direction::Egress => "dst",
         };
-        let target = match self.log_audit(policy, Action::Accept) {
-            None => CHAIN_ACCEPT.to_string(),
-            Some(audit) => self.merged_log_chain(&key, &merged.rules, &audit)?,
+        let log = match self.log_audit(policy, Action::Accept) {
+            None => None,
+            Some(audit) => Some(self.merged_log_chain(&key, &merged.rules, &audit)?),
         };
         self.out.sets.insert(
             set.clone(),
@@ -1139,15 +1155,24 @@ impl<'a> FamilyRenderer<'a> {
             },
         );
         self.used_sets.insert(set.clone());
-        Ok(format!(
-            "-A {chain} -m set --match-set {set} {remote},dst -m comment --comment \"{comment}\" -g {target}"
-        ))
+        let matched = format!(
+            "-A {chain} -m set --match-set {set} {remote},dst -m comment --comment \"{comment}\""
+        );
+        Ok(match log {
+            None => vec![format!("{matched} -g {CHAIN_ACCEPT}")],
+            Some(log) => vec![
+                format!("{matched} -j {log}"),
+                format!(
+                    "-A {chain} -m mark ! --mark 0x0/{} -j RETURN",
+                    mark_hex(MARK_MASK)
+                ),
+            ],
+        })
     }
 
-    /// The chain a logged merged set goes to: the packet's port picks the rule that
-    /// accepted it, and its log chain (which logs under that rule's id, sets the ACCEPT
-    /// mark and returns to the tier chain, as for a rule of its own). A packet no line
-    /// takes (none: every merged member's port is one of them) falls off unaccepted.
+    /// The chain a logged merged set calls: the packet's port picks the rule that
+    /// accepted it, and its log chain (which logs under that rule's id and sets the
+    /// ACCEPT mark). A packet no line takes returns unmarked.
     fn merged_log_chain(
         &mut self,
         key: &str,
@@ -1220,13 +1245,14 @@ impl<'a> FamilyRenderer<'a> {
         };
         let first_line = lines.len();
         for m in &rule.matches {
-            if self.merging.is_some() {
+            if self.merging.as_ref().is_some_and(|mg| !mg.closed) {
                 let members = self.merge_members(m);
-                let merged = self.merging.as_mut();
-                if let (Some(members), Some(merged)) = (members, merged) {
-                    if merged.take(rule.index, &id, members) {
+                if let Some(merged) = self.merging.as_mut() {
+                    let taken = members.is_some_and(|ms| merged.take(rule.index, &id, ms));
+                    if taken {
                         continue;
                     }
+                    merged.closed = true;
                 }
             }
             let peers: Vec<Option<String>> = match &m.peers {

@@ -148,6 +148,41 @@ fn what_does_not_merge() {
     assert_eq!(r.ipv4.sets.len(), 4, "{:?}", r.ipv4.sets.keys());
 }
 
+/// A match that cannot be merged closes the merge: later matches keep their own lines,
+/// so a packet is still logged under the first rule that matches it. Logged, the merged
+/// set's rule calls the port dispatch and returns only when it accepted: a packet it
+/// does not take goes on with the rules after.
+#[test]
+fn merging_stops_at_the_first_match_not_merged_and_falls_through() {
+    let opts = RenderOptions::default();
+    // Rule 0 restricted to some local pods (not mergeable), then rules 1 and 2.
+    let mut rs = state(vec![], Action::Accept);
+    rs.policies[0].ingress.insert(
+        0,
+        mk_rule(
+            9,
+            Action::Accept,
+            vec![mk_match(Some(vec![0]), Some(vec![tcp(7001)]), Some(1))],
+        ),
+    );
+    let r = render(&rs, &opts).expect("renders");
+    assert_eq!(
+        merged_set(&r),
+        None,
+        "nothing merged after a match that is not"
+    );
+    // All mergeable: the merged rule first, then its RETURN once accepted.
+    let r = render(&state(vec![], Action::Accept), &opts).expect("renders");
+    let chain = palisade_enforcer::names::policy_chain(&web_id(), Direction::Ingress);
+    let lines = &r.ipv4.chains[&chain];
+    let lm = merged_log_chain(&merged_set_key(&web_id(), Direction::Ingress));
+    assert!(lines[0].ends_with(&format!("-j {lm}")), "{lines:?}");
+    assert_eq!(
+        lines[1],
+        format!("-A {chain} -m mark ! --mark 0x0/0x6000000 -j RETURN")
+    );
+}
+
 fn many_ports(start: u16, end: u16) -> palisade_policy::compiled::PortRange {
     range(Protocol::Tcp, start, end)
 }
