@@ -238,6 +238,14 @@ pub struct ScenarioLab {
 }
 
 impl ScenarioLab {
+    /// What the operator has logged so far (empty without the operator).
+    pub fn operator_log(&self) -> String {
+        self.control
+            .as_ref()
+            .map(|c| c.log_text())
+            .unwrap_or_default()
+    }
+
     /// Builds the topology and starts a server in every endpoint's namespace.
     pub fn build(scenario: &Scenario, opts: &Options) -> Result<ScenarioLab> {
         let sctp_needed = scenario.probes.iter().any(|p| p.protocol == Protocol::Sctp);

@@ -142,11 +142,7 @@ fn an_address_given_to_a_new_pod_is_judged_as_the_new_pods() {
         Outcome::Denied,
         "10.244.1.12 judged with x/old's labels while y/new owns it"
     );
-    let log = lab
-        .control
-        .as_ref()
-        .map(|c| c.log_text())
-        .unwrap_or_default();
+    let log = lab.operator_log();
     assert!(
         log.lines()
             .any(|l| l.contains("address claimed by several pods")

@@ -202,11 +202,7 @@ fn enforcers_keep_enforcing_while_the_operator_is_down_and_resume() {
         .expect("the edit is realised after the restart");
     eprintln!("edit realised {:?} after the restart", t.elapsed());
     assert_verdicts(&lab, &step3, &opts, "after the restart");
-    let log = lab
-        .control
-        .as_ref()
-        .map(|c| c.log_text())
-        .unwrap_or_default();
+    let log = lab.operator_log();
     let resumed = log
         .lines()
         .filter(|l| l.contains("enforcer connected") && l.contains("applied=Some("))
@@ -283,11 +279,7 @@ fn an_enforcer_claiming_another_node_is_refused() {
         );
         assert!(!rogue.spec.state_file.exists(), "{what}: a state was kept");
         lab.lab.stop(rogue.pid, Duration::from_secs(2));
-        let log = lab
-            .control
-            .as_ref()
-            .map(|c| c.log_text())
-            .unwrap_or_default();
+        let log = lab.operator_log();
         assert!(
             log.lines()
                 .any(|l| l.contains("enforcer stream refused") && l.contains(reason)),

@@ -90,6 +90,34 @@ fn spool_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The agent's NFLOG capture in `node` (group 100, spool `spool_dir(tag)`, windows of
+/// `window_ms`), with `rs` applied through its attribution. Returns the spool's folder too.
+fn capture_applied(
+    node: &Netns,
+    tag: &str,
+    window_ms: u64,
+    rs: &NodeRuleSet,
+) -> (Capture, std::path::PathBuf) {
+    let dir = spool_dir(tag);
+    let config = AuditConfig {
+        group: 100,
+        window: Duration::from_millis(window_ms),
+        spool_dir: dir.clone(),
+        spool_max_bytes: 1 << 20,
+        keep_previous: Duration::from_secs(30),
+    };
+    let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
+    let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
+    let capture = node.run(|| {
+        let capture = Capture::start(&config, "node-a", emit).expect("capture starts");
+        enforcer
+            .apply_attributed(rs, &capture.attribution)
+            .expect("apply");
+        capture
+    });
+    (capture, dir)
+}
+
 /// Every decision in the spool, summed per (rule id, source, destination, port).
 fn spooled(spool: &Spool) -> BTreeMap<(String, String, String, Option<u16>), Decision> {
     let mut out: BTreeMap<_, Decision> = BTreeMap::new();
@@ -132,23 +160,7 @@ fn real_traffic_produces_attributed_decisions() {
     lab.serve(&[7001, 7002]);
     lab.serve_udp(&[7003]);
     let rs = state(&a, &b, &c);
-    let dir = spool_dir("traffic");
-    let config = AuditConfig {
-        group: 100,
-        window: Duration::from_millis(300),
-        spool_dir: dir.clone(),
-        spool_max_bytes: 1 << 20,
-        keep_previous: Duration::from_secs(30),
-    };
-    let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
-    let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
-    let capture = lab.node.run(|| {
-        let capture = Capture::start(&config, "node-a", emit).expect("capture starts");
-        enforcer
-            .apply_attributed(&rs, &capture.attribution)
-            .expect("apply");
-        capture
-    });
+    let (capture, dir) = capture_applied(&lab.node, "traffic", 300, &rs);
 
     // Allowed: three connections a → b:7001.
     for _ in 0..3 {
@@ -333,23 +345,7 @@ fn merged_rules_are_logged_under_their_own_rule() {
     );
     let rendered = render(&rs, &RenderOptions::default()).expect("renders");
     assert_eq!(rendered.ipv4.sets.len(), 1, "the two rules are merged");
-    let dir = spool_dir("merged");
-    let config = AuditConfig {
-        group: 100,
-        window: Duration::from_millis(200),
-        spool_dir: dir.clone(),
-        spool_max_bytes: 1 << 20,
-        keep_previous: Duration::from_secs(30),
-    };
-    let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
-    let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
-    let capture = lab.node.run(|| {
-        let capture = Capture::start(&config, "node-a", emit).expect("capture starts");
-        enforcer
-            .apply_attributed(&rs, &capture.attribution)
-            .expect("apply");
-        capture
-    });
+    let (capture, dir) = capture_applied(&lab.node, "merged", 200, &rs);
     drop(lab.connect(0, 1, 7001).expect("a → b:7001 (rule 0)"));
     drop(lab.connect(2, 1, 7002).expect("c → b:7002 (rule 1)"));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -631,23 +627,7 @@ fn ipv6_decisions_are_captured_with_ports_and_icmpv6_types() {
             vec![],
         )],
     );
-    let dir = spool_dir("ipv6");
-    let config = AuditConfig {
-        group: 100,
-        window: Duration::from_millis(200),
-        spool_dir: dir.clone(),
-        spool_max_bytes: 1 << 20,
-        keep_previous: Duration::from_secs(30),
-    };
-    let emit: palisade_enforcer::stream::Emit = Arc::new(|_| {});
-    let mut enforcer = Enforcer::with_backend(Backend::Nft, ApplyOptions::default());
-    let capture = lab.node.run(|| {
-        let capture = Capture::start(&config, "node-a", emit).expect("capture starts");
-        enforcer
-            .apply_attributed(&rs, &capture.attribution)
-            .expect("apply");
-        capture
-    });
+    let (capture, dir) = capture_applied(&lab.node, "ipv6", 200, &rs);
     let std::net::IpAddr::V6(b6) = b else {
         panic!("b has an IPv6 address")
     };

@@ -655,6 +655,14 @@ mod tests {
         body
     }
 
+    /// The wait finds the cleanup pod `name` succeeded; it is then removed.
+    async fn succeeded_and_removed(v: &mut verifier::ApiServerVerifier, name: &str) {
+        let (_, send) = v.expect("GET", CLEANUPS).await;
+        send.ok(&list("PodList", vec![pod(name, "Succeeded")]));
+        let (_, send) = v.expect("DELETE", &format!("{PODS}/{name}?")).await;
+        send.ok(&pod(name, "Succeeded"));
+    }
+
     async fn leftovers_deleted(v: &mut verifier::ApiServerVerifier) {
         let (_, send) = v
             .expect(
@@ -858,18 +866,7 @@ mod tests {
                 )
                 .await;
             send.ok(&pod("palisade-enforcer-cleanup-bbbbb", "Failed"));
-            let (_, send) = v.expect("GET", CLEANUPS).await;
-            send.ok(&list(
-                "PodList",
-                vec![pod("palisade-enforcer-cleanup-ccccc", "Succeeded")],
-            ));
-            let (_, send) = v
-                .expect(
-                    "DELETE",
-                    &format!("{PODS}/palisade-enforcer-cleanup-ccccc?"),
-                )
-                .await;
-            send.ok(&pod("palisade-enforcer-cleanup-ccccc", "Succeeded"));
+            succeeded_and_removed(&mut v, "palisade-enforcer-cleanup-ccccc").await;
             // Every node is clean: the plan goes.
             let (_, send) = v.expect("DELETE", &format!("{PLAN}?")).await;
             send.ok(&stored_plan(&["b"]));
@@ -927,18 +924,7 @@ mod tests {
         let server = tokio::spawn(async move {
             retry_start(&mut v, saved, vec![node("a", "linux")], vec![]).await;
             let body = created(&mut v, "palisade-enforcer-cleanup-aaaaa").await;
-            let (_, send) = v.expect("GET", CLEANUPS).await;
-            send.ok(&list(
-                "PodList",
-                vec![pod("palisade-enforcer-cleanup-aaaaa", "Succeeded")],
-            ));
-            let (_, send) = v
-                .expect(
-                    "DELETE",
-                    &format!("{PODS}/palisade-enforcer-cleanup-aaaaa?"),
-                )
-                .await;
-            send.ok(&pod("palisade-enforcer-cleanup-aaaaa", "Succeeded"));
+            succeeded_and_removed(&mut v, "palisade-enforcer-cleanup-aaaaa").await;
             let (_, send) = v.expect("DELETE", &format!("{PLAN}?")).await;
             send.ok(&stored_plan(&[]));
             body
@@ -966,18 +952,7 @@ mod tests {
             let (_, send) = v.expect("POST", &format!("{PODS}?")).await;
             send.status(403, "Forbidden");
             created(&mut v, "palisade-enforcer-cleanup-bbbbb").await;
-            let (_, send) = v.expect("GET", CLEANUPS).await;
-            send.ok(&list(
-                "PodList",
-                vec![pod("palisade-enforcer-cleanup-bbbbb", "Succeeded")],
-            ));
-            let (_, send) = v
-                .expect(
-                    "DELETE",
-                    &format!("{PODS}/palisade-enforcer-cleanup-bbbbb?"),
-                )
-                .await;
-            send.ok(&pod("palisade-enforcer-cleanup-bbbbb", "Succeeded"));
+            succeeded_and_removed(&mut v, "palisade-enforcer-cleanup-bbbbb").await;
             let (narrowed, send) = v.expect("PUT", &format!("{PLAN}?")).await;
             send.ok(&narrowed);
             narrowed
@@ -998,18 +973,7 @@ mod tests {
             )
             .await;
             let body = created(&mut v, "palisade-enforcer-cleanup-ccccc").await;
-            let (_, send) = v.expect("GET", CLEANUPS).await;
-            send.ok(&list(
-                "PodList",
-                vec![pod("palisade-enforcer-cleanup-ccccc", "Succeeded")],
-            ));
-            let (_, send) = v
-                .expect(
-                    "DELETE",
-                    &format!("{PODS}/palisade-enforcer-cleanup-ccccc?"),
-                )
-                .await;
-            send.ok(&pod("palisade-enforcer-cleanup-ccccc", "Succeeded"));
+            succeeded_and_removed(&mut v, "palisade-enforcer-cleanup-ccccc").await;
             let (_, send) = v.expect("DELETE", &format!("{PLAN}?")).await;
             send.ok(&stored_plan(&[]));
             body
@@ -1072,18 +1036,7 @@ mod tests {
             let (_, send) = v.expect("GET", CLEANUPS).await;
             send.ok(&list("PodList", vec![]));
             created(&mut v, "palisade-enforcer-cleanup-aaaaa").await;
-            let (_, send) = v.expect("GET", CLEANUPS).await;
-            send.ok(&list(
-                "PodList",
-                vec![pod("palisade-enforcer-cleanup-aaaaa", "Succeeded")],
-            ));
-            let (_, send) = v
-                .expect(
-                    "DELETE",
-                    &format!("{PODS}/palisade-enforcer-cleanup-aaaaa?"),
-                )
-                .await;
-            send.ok(&pod("palisade-enforcer-cleanup-aaaaa", "Succeeded"));
+            succeeded_and_removed(&mut v, "palisade-enforcer-cleanup-aaaaa").await;
             let (_, send) = v.expect("DELETE", &format!("{PLAN}?")).await;
             send.ok(&stored_plan(&[]));
             saved
